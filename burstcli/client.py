@@ -1,0 +1,220 @@
+"""The provider call: one HTTP attempt, and what its outcome means.
+
+The hot path is a lean aiohttp client posting orjson bodies: the openai SDK adds ~10x overhead
+per call (measured in bench/), which matters at thousands of requests a second, and its own
+retries would hide attempts that may be billed. burstq therefore owns retries (engine.py) and
+this module only classifies: every failure becomes a `CallError` whose `type` is one of
+
+    rate_limited, timeout, connection, server_error, malformed_response, empty_response,
+    bad_request, request_too_large, auth, insufficient_quota
+
+with `retryable`, `fatal` (stop the whole run) and `fallback` (try the next model) decided here,
+from the documented OpenAI status codes and error bodies rather than from any one server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .limits import retry_after
+from .models import ENDPOINT_PATHS
+
+USER_AGENT = "burstq/0.1"
+
+
+@dataclass(slots=True)
+class Reply:
+    data: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+class CallError(Exception):
+    def __init__(self, type: str, message: str, *, status_code: int | None = None,
+                 retryable: bool = False, fatal: bool = False, fallback: bool = False,
+                 retry_after: float | None = None, maybe_billed: bool = False,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.status_code = status_code
+        self.retryable = retryable
+        self.fatal = fatal
+        self.fallback = fallback
+        self.retry_after = retry_after
+        self.maybe_billed = maybe_billed  # sent, answer lost: the provider may charge for it
+        self.headers: Mapping[str, str] = headers or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "status_code": self.status_code}
+
+
+class ApiClient:
+    """POSTs to an OpenAI-compatible base URL; one instance per run, one connection pool."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float,
+                 debug: bool = False) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key or ""
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._debug = debug or os.environ.get("BURSTQ_DEBUG_HTTP") == "1"
+
+    async def __aenter__(self) -> ApiClient:
+        # limit=0: the engine's gate bounds concurrency; a second cap here would only hide it.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+                                              json_serialize=lambda o: orjson.dumps(o).decode())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        """Never let the key out, even if a proxy echoes our headers back in an error."""
+        if self._key and self._key in text:
+            text = text.replace(self._key, "[REDACTED]")
+        return text
+
+    async def call(self, endpoint: str, model: str, body: dict[str, Any]) -> Reply:
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        url = self.base_url + ENDPOINT_PATHS[endpoint]
+        payload = orjson.dumps({"model": model, **body})
+        if self._debug:
+            print(f"burstq http > POST {url} Authorization: Bearer [REDACTED] "
+                  f"{payload[:500]!r}", file=sys.stderr)
+        try:
+            async with self._session.post(url, data=payload, timeout=self.timeout) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise CallError("timeout", f"no answer within {self.timeout.total:g}s",
+                            retryable=True, maybe_billed=True) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise CallError("connection", self.redact(f"cannot connect to {url}: {exc}"),
+                            retryable=True) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            # Reset or closed after the request left: the provider may have done (and billed) it.
+            raise CallError("connection", self.redact(f"{type(exc).__name__}: {exc}"),
+                            retryable=True, maybe_billed=True) from exc
+        if self._debug:
+            print(f"burstq http < {status} {raw[:500]!r}", file=sys.stderr)
+        if status == 200:
+            return Reply(self._parse_ok(endpoint, raw, headers), headers)
+        raise self._classify(status, raw, headers, model)
+
+    def _parse_ok(self, endpoint: str, raw: bytes, headers: Mapping[str, str]
+                  ) -> dict[str, Any]:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CallError("malformed_response", f"invalid JSON in a 200 answer: {exc}",
+                            status_code=200, retryable=True, maybe_billed=True) from exc
+        if not isinstance(data, dict):
+            raise CallError("malformed_response", "a 200 answer that is not a JSON object",
+                            status_code=200, retryable=True, maybe_billed=True)
+        if "error" in data and not data.get("choices") and not data.get("data"):
+            msg = _error_message(data, raw)
+            raise CallError("server_error", self.redact(msg), status_code=200, retryable=True)
+        if endpoint == "chat":
+            try:
+                message = data["choices"][0]["message"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise CallError("malformed_response", "answer has no choices[0].message",
+                                status_code=200, retryable=True, maybe_billed=True) from exc
+            if not isinstance(message, dict):
+                raise CallError("malformed_response", "choices[0].message is not an object",
+                                status_code=200, retryable=True, maybe_billed=True)
+        else:
+            items = data.get("data")
+            if not isinstance(items, list) or not items or \
+                    not all(isinstance(i, dict) and "embedding" in i for i in items):
+                raise CallError("malformed_response", "answer has no data[].embedding",
+                                status_code=200, retryable=True, maybe_billed=True)
+        return data
+
+    def _classify(self, status: int, raw: bytes, headers: Mapping[str, str], model: str
+                  ) -> CallError:
+        msg = self.redact(_error_message(None, raw))
+        code, etype = _error_code(raw)
+        if status in (401, 403):
+            return CallError("auth", msg, status_code=status, fatal=True)
+        if status == 429:
+            if "insufficient_quota" in (code, etype):
+                return CallError("insufficient_quota", msg, status_code=status, fatal=True)
+            if msg.startswith("Request too large"):
+                return CallError("request_too_large", msg, status_code=status)
+            return CallError("rate_limited", msg, status_code=status, retryable=True,
+                             retry_after=retry_after(headers), headers=headers)
+        if status == 404 and (code == "model_not_found" or "does not exist" in msg):
+            return CallError("bad_request", msg, status_code=status, fallback=True)
+        if status == 408:
+            return CallError("timeout", msg, status_code=status, retryable=True,
+                             maybe_billed=True)
+        if status == 409:
+            return CallError("server_error", msg, status_code=status, retryable=True)
+        if status == 413:
+            return CallError("request_too_large", msg, status_code=status)
+        if 400 <= status < 500:
+            return CallError("bad_request", msg, status_code=status)
+        return CallError("server_error", msg, status_code=status, retryable=True,
+                         retry_after=retry_after(headers))
+
+
+def _error_message(data: dict[str, Any] | None, raw: bytes) -> str:
+    if data is None:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if data.get("message"):
+            return str(data["message"])
+    text = raw.decode("utf-8", "replace").strip()
+    return text[:500] or "(empty body)"
+
+
+def _error_code(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        code, etype = err.get("code"), err.get("type")
+        return (str(code) if code else None), (str(etype) if etype else None)
+    return None, None
+
+
+def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
+    """(text, embedding vectors in input order) of a successful answer.
+
+    Tool calls without text are kept as their JSON, so a function-calling job has an output.
+    """
+    if endpoint == "embeddings":
+        items = sorted(data["data"], key=lambda i: i.get("index", 0))
+        return None, [i["embedding"] for i in items]
+    message = data["choices"][0]["message"]
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if not content and message.get("tool_calls"):
+        return orjson.dumps(message["tool_calls"]).decode(), None
+    return (content if isinstance(content, str) else None), None

@@ -1,0 +1,357 @@
+"""The async pipeline: dispatch in priority order under the limits, retry, fall back, record.
+
+One dispatcher walks the source and starts a task per request once the gate has a slot (and
+the budget allows it); that task owns the request until its one record is written: every
+attempt waits for the pacers, failures are classified by client.py, retried with full-jitter
+backoff, then handed to the fallback models. Records are batched per event-loop tick into one
+write. No Typer or Rich here: the CLI builds the parts and renders what `run()` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from .client import ApiClient, CallError, extract_output
+from .errors import FatalProviderError, UsageError
+from .journal import Journal
+from .limits import Limits
+from .models import InvalidLine, Request, Result, Tally
+
+StopReason = Literal["done", "budget", "interrupted", "fatal"]
+PriceFn = Callable[[str, dict[str, Any] | None], float | None]
+ReserveFn = Callable[[Request], float | None]
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    fallback_models: list[str] = field(default_factory=list)
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_output_chars: int = 50_000
+    grace: float = 10.0
+    max_cost: float | None = None
+    max_rate_limited: int = 50  # 429 retries per request: they don't spend --max-retries
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    reason: StopReason
+    tally: Tally
+    signal: int | None = None
+    error: FatalProviderError | None = None
+
+
+class _Fatal(Exception):
+    def __init__(self, err: CallError) -> None:
+        super().__init__(err.message)
+        self.err = err
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def invalid_result(item: InvalidLine) -> Result:
+    return Result(request_id=item.id or f"line-{item.line}", line=item.line, status="failed",
+                  model=None, attempts=0,
+                  error={"type": "invalid_request", "message": f"line {item.line}: "
+                         f"{item.message}", "status_code": None},
+                  finished_at=now_iso())
+
+
+class Budget:
+    """A hard USD cap: reserve a request's worst case before sending, settle on the real cost."""
+
+    def __init__(self, cap: float, worst_case: ReserveFn) -> None:
+        self.cap = cap
+        self.spent = 0.0
+        self.reserved = 0.0
+        self._worst_case = worst_case
+
+    def reserve(self, req: Request) -> float | None:
+        """The amount held for `req`, or None when it would cross the cap."""
+        amount = self._worst_case(req)
+        if amount is None:
+            raise UsageError(f"--max-cost needs a price for model {req.model!r} (line "
+                             f"{req.line}); add one with --prices FILE")
+        if self.spent + self.reserved + amount > self.cap + 1e-12:
+            return None
+        self.reserved += amount
+        return amount
+
+    def settle(self, held: float, cost: float | None) -> None:
+        self.reserved -= held
+        # A response without usage is charged at the reservation: the cap stays honest.
+        self.spent += held if cost is None else cost
+
+
+class Engine:
+    def __init__(self, *, client: ApiClient, limits: Limits, journal: Journal,
+                 config: EngineConfig, price: PriceFn, budget: Budget | None = None,
+                 tally: Tally | None = None, rng: random.Random | None = None) -> None:
+        self.client = client
+        self.limits = limits
+        self.journal = journal
+        self.config = config
+        self.price = price
+        self.budget = budget
+        self.tally = tally or Tally()
+        self.listeners: list[Callable[[Result], None]] = []
+        self._rng = rng or random.Random()
+        self._pending: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop: StopReason | None = None
+        self._signal: int | None = None
+        self._fatal: CallError | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    # -- control ----------------------------------------------------------------------------
+    def request_stop(self, signum: int) -> None:
+        """Ctrl-C / SIGTERM: stop dispatching; in-flight requests get the grace period."""
+        if self._stop is None:
+            self._stop = "interrupted"
+            self._signal = signum
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
+
+    async def run(self, items: AsyncIterator[Request | InvalidLine]) -> RunOutcome:
+        self.tally.started = time.time()
+        self._dispatcher = asyncio.create_task(self._dispatch(items))
+        try:
+            await self._dispatcher
+        except asyncio.CancelledError:
+            if self._stop is None:
+                raise
+        if self._stop == "interrupted":
+            await self._drain(self.config.grace)
+        elif self._stop == "fatal":
+            await self._drain(0)
+        else:
+            await self._drain(None)
+        self._flush()
+        reason: StopReason = self._stop or "done"
+        error = None
+        if self._fatal is not None:
+            reason = "fatal"
+            error = FatalProviderError(self._fatal.type, self._fatal.message)
+        return RunOutcome(reason, self.tally, self._signal, error)
+
+    async def _drain(self, timeout: float | None) -> None:
+        """Wait for in-flight work (up to `timeout`), then cancel what is left unrecorded."""
+        while self._tasks:
+            pending = set(self._tasks)
+            if timeout is None:
+                await asyncio.wait(pending)
+                continue
+            done, still = await asyncio.wait(pending, timeout=timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still)
+            timeout = 0
+
+    async def _dispatch(self, items: AsyncIterator[Request | InvalidLine]) -> None:
+        async for item in items:
+            if self._stop is not None:
+                return
+            if isinstance(item, InvalidLine):
+                self._record(invalid_result(item))
+                continue
+            await self.limits.slot()
+            if self._stop is not None:
+                self.limits.release()
+                return
+            held = 0.0
+            if self.budget is not None:
+                amount = self.budget.reserve(item)
+                if amount is None:
+                    self.limits.release()
+                    self._stop = "budget"
+                    return
+                held = amount
+            task = asyncio.create_task(self._own(item, held))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- one request, start to record -------------------------------------------------------
+    async def _own(self, req: Request, held: float) -> None:
+        self.tally.in_flight += 1
+        cost: float | None = None
+        try:
+            result = await self._process(req)
+            cost = result.cost_usd
+            self._record(result)
+        except _Fatal as exc:
+            if self._fatal is None:
+                self._fatal = exc.err
+                self._stop = "fatal"
+                if self._dispatcher is not None:
+                    self._dispatcher.cancel()
+                for t in self._tasks:
+                    if t is not asyncio.current_task():
+                        t.cancel()
+        finally:
+            self.tally.in_flight -= 1
+            self.limits.release()
+            if self.budget is not None:
+                self.budget.settle(held, cost)
+
+    async def _process(self, req: Request) -> Result:
+        cfg, tally, limits = self.config, self.tally, self.limits
+        models = [req.model] + [m for m in cfg.fallback_models if m != req.model]
+        attempts = unanswered = 0
+        started = asyncio.get_running_loop().time()
+        last: CallError | None = None
+        for model in models:
+            retries = limited = 0
+            while True:
+                await limits.pace(req.est_tokens)
+                attempts += 1
+                tally.attempts += 1
+                try:
+                    reply = await self.client.call(req.endpoint, model, req.body)
+                    output, vectors = extract_output(req.endpoint, reply.data)
+                    if req.endpoint == "chat":
+                        output = (output or "").strip()
+                        if not output:
+                            raise CallError("empty_response", "the completion was empty",
+                                            status_code=200, retryable=True,
+                                            maybe_billed=True)
+                except CallError as err:
+                    last = err
+                    if err.maybe_billed:
+                        unanswered += 1
+                        tally.unanswered += 1
+                    if err.fatal:
+                        raise _Fatal(err) from err
+                    if err.type == "rate_limited":
+                        tally.rate_limited += 1
+                        limits.on_rate_limited(err.headers, err.retry_after)
+                        limited += 1
+                        if limited <= cfg.max_rate_limited:
+                            tally.retries += 1
+                            continue  # the shared pause is the backoff
+                    elif err.retryable and retries < cfg.max_retries:
+                        await asyncio.sleep(self._backoff(retries, err.retry_after))
+                        retries += 1
+                        tally.retries += 1
+                        continue
+                    break
+                usage = reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) \
+                    else None
+                limits.on_success(reply.headers, req.est_tokens,
+                                  int(usage.get("total_tokens") or 0) if usage else None)
+                return self._completed(req, model, output, vectors, usage, attempts,
+                                       unanswered, started, reply.data)
+            if last is not None and not (last.fallback or last.retryable):
+                break  # a bad request is bad for every model
+        assert last is not None
+        return self._failed(req, last, attempts, unanswered, started)
+
+    def _backoff(self, retry: int, server_hint: float | None) -> float:
+        cfg = self.config
+        delay = self._rng.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** retry))
+        return max(delay, server_hint or 0.0)
+
+    def _completed(self, req: Request, model: str, output: str | None,
+                   vectors: list[Any] | None, usage: dict[str, Any] | None, attempts: int,
+                   unanswered: int, started: float, data: dict[str, Any]) -> Result:
+        truncated = False
+        if output is not None and len(output) > self.config.max_output_chars:
+            output, truncated = output[: self.config.max_output_chars], True
+        embedding = None
+        if vectors is not None:
+            embedding = vectors if isinstance(req.body.get("input"), list) else vectors[0]
+        cost = self.price(model, usage)
+        return Result(
+            request_id=req.id, line=req.line, status="completed", model=req.model,
+            model_used=str(data.get("model") or model) if model != req.model else model,
+            output=output, embedding=embedding,
+            latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            attempts=attempts, usage=usage, cost_usd=cost, metadata=req.metadata,
+            finished_at=now_iso(), truncated=truncated, unanswered_attempts=unanswered)
+
+    def _failed(self, req: Request, err: CallError, attempts: int, unanswered: int,
+                started: float) -> Result:
+        return Result(
+            request_id=req.id, line=req.line, status="failed", model=req.model,
+            model_used=None, output=None, attempts=attempts, error=err.as_dict(),
+            latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            metadata=req.metadata, finished_at=now_iso(), unanswered_attempts=unanswered)
+
+    # -- output -----------------------------------------------------------------------------
+    def _record(self, result: Result) -> None:
+        t = self.tally
+        if result.status == "completed":
+            t.completed += 1
+        else:
+            t.failed += 1
+            etype = (result.error or {}).get("type", "unknown")
+            t.errors[etype] = t.errors.get(etype, 0) + 1
+        if result.usage:
+            t.prompt_tokens += int(result.usage.get("prompt_tokens") or 0)
+            t.completion_tokens += int(result.usage.get("completion_tokens") or 0)
+        if result.cost_usd is not None:
+            t.cost_usd += result.cost_usd
+        elif result.status == "completed":
+            t.unpriced += 1
+        for listener in self.listeners:
+            listener(result)
+        self._pending.append(result.record())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.journal.write(batch)
+
+
+async def aiter_items(items: Iterable[Request | InvalidLine], *, threaded: bool = False,
+                      chunk: int = 256) -> AsyncIterator[Request | InvalidLine]:
+    """Feed a sync source to the dispatcher; `threaded` for blocking streams such as stdin."""
+    it: Iterator[Request | InvalidLine] = iter(items)
+    if not threaded:
+        for n, item in enumerate(it):
+            yield item
+            if n % chunk == chunk - 1:
+                await asyncio.sleep(0)  # let answers in while a long file is walked
+        return
+    # A daemon thread, not the default executor: a read blocked on stdin must not keep the
+    # process alive after Ctrl-C. A semaphore keeps it at most a few chunks ahead.
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[Request | InvalidLine] | BaseException | None] = asyncio.Queue()
+    room = threading.Semaphore(4)
+
+    def produce() -> None:
+        try:
+            batch: list[Request | InvalidLine] = []
+            for item in it:
+                batch.append(item)
+                if len(batch) >= chunk:
+                    room.acquire()
+                    loop.call_soon_threadsafe(queue.put_nowait, batch)
+                    batch = []
+            loop.call_soon_threadsafe(queue.put_nowait, batch)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except BaseException as exc:  # surfaced in the loop, not lost in the thread
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    threading.Thread(target=produce, name="burstq-reader", daemon=True).start()
+    while (got := await queue.get()) is not None:
+        if isinstance(got, BaseException):
+            raise got
+        room.release()
+        for item in got:
+            yield item

@@ -1,0 +1,213 @@
+"""OUTPUT is the journal: records appended as requests finish, scanned again to resume.
+
+Each batch of records goes out in one `os.write` on an O_APPEND descriptor, so a killed process
+loses nothing that was written and a reader never sees half a record except, after a hard kill,
+the very last line, which `open_for_resume` cuts off (that request is simply redone). A small
+sidecar, OUTPUT.burstq.json, remembers which input and which request-shaping options produced
+the output, so a resume against something else is refused instead of mixing two jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import InputError, ResumeMismatch, UsageError
+from .reader import Done
+
+SIDECAR_SUFFIX = ".burstq.json"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+class Journal:
+    """Append-only JSONL writer: one write per batch, optional fsync for power loss."""
+
+    def __init__(self, path: Path | None, *, fsync: bool = False) -> None:
+        self.path = path
+        self.fsync = fsync and path is not None
+        if path is None:
+            self._fd = sys.stdout.fileno()
+            self._own = False
+        else:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            self._own = True
+        self.written = 0
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        if not data:
+            return
+        if self._fd == sys.stdout.fileno():
+            sys.stdout.flush()
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fsync(self._fd)
+        self.written += data.count(b"\n")
+
+    def close(self) -> None:
+        if self._own:
+            os.close(self._fd)
+            self._own = False
+
+
+@dataclass(slots=True)
+class ResumeState:
+    done: Done = field(default_factory=Done)
+    completed: int = 0
+    failed: int = 0
+    repaired_bytes: int = 0
+    dropped_failed: int = 0
+
+    @property
+    def records(self) -> int:
+        return self.completed + self.failed
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError):
+        return None  # rebuildable: a damaged sidecar is rewritten from this run's options
+    return data if isinstance(data, dict) else None
+
+
+def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
+    side = sidecar_path(output)
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_bytes(orjson.dumps({"version": SIDECAR_VERSION, **fingerprint},
+                                 option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    os.replace(tmp, side)
+
+
+def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    if old.get("input_sha256") and new.get("input_sha256") and \
+            old["input_sha256"] != new["input_sha256"]:
+        raise ResumeMismatch(
+            f"{output} was written from a different input ({old.get('input')!s}, "
+            "since changed or replaced). Use --restart to start over, or another -o OUTPUT.")
+    old_shape, new_shape = old.get("shaping", {}), new.get("shaping", {})
+    changed = sorted(k for k in set(old_shape) | set(new_shape)
+                     if old_shape.get(k) != new_shape.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {old_shape.get(k)!r} -> {new_shape.get(k)!r}" for k in changed)
+        raise ResumeMismatch(
+            f"{output} was written with other request options ({detail}). Rerun with the "
+            "original options to resume, or use --restart to start over.")
+
+
+def open_for_resume(output: Path, fingerprint: dict[str, Any], *, restart: bool = False,
+                    retry_failed: bool = False) -> ResumeState:
+    """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done."""
+    side = sidecar_path(output)
+    if restart:
+        for p in (output, side):
+            p.unlink(missing_ok=True)
+    state = ResumeState()
+    if output.exists() and output.stat().st_size > 0:
+        old = _read_sidecar(side)
+        if old is not None:
+            _check_fingerprint(output, old, fingerprint)
+        state.repaired_bytes = _repair_tail(output)
+        _scan(output, state, retry_failed)
+    write_sidecar(output, fingerprint)
+    return state
+
+
+def _repair_tail(output: Path) -> int:
+    """Cut a torn last line (no newline, or not valid JSON) left by a hard kill."""
+    size = output.stat().st_size
+    with output.open("rb+") as f:
+        back = min(size, 1 << 16)
+        while True:
+            f.seek(size - back)
+            tail = f.read(back)
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or back == size:
+                break
+            back = min(size, back * 4)
+        keep = size - back + cut + 1 if cut >= 0 else 0
+        if keep < size:
+            f.truncate(keep)
+            return size - keep
+        # The last line is complete; it may still be invalid JSON (killed mid-write of a batch
+        # whose bytes reached the disk out of order after power loss): check it.
+        start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+        last = tail[start:]
+        try:
+            orjson.loads(last)
+        except orjson.JSONDecodeError:
+            f.truncate(size - len(last))
+            return len(last)
+    return 0
+
+
+def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
+    # With --retry-failed, failed records are replaced, not duplicated: the kept ones stream
+    # into a temporary file that atomically replaces OUTPUT.
+    tmp = output.with_name(output.name + ".tmp")
+    kept = tmp.open("wb") if retry_failed else None
+    try:
+        with output.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = orjson.loads(raw)
+                    line = int(rec["line"])
+                    status = rec["status"]
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise InputError(
+                        f"{output}:{n}: not a burstq record ({exc}); refusing to resume over "
+                        "it. Use --restart to start over, or another -o OUTPUT.") from exc
+                if status == "failed" and retry_failed:
+                    state.dropped_failed += 1
+                    continue
+                if kept is not None:
+                    kept.write(raw)
+                state.done.add(line)
+                if status == "completed":
+                    state.completed += 1
+                else:
+                    state.failed += 1
+        if kept is not None:
+            kept.flush()
+            os.fsync(kept.fileno())
+            kept.close()
+            if state.dropped_failed:
+                os.replace(tmp, output)
+    finally:
+        if kept is not None:
+            kept.close()
+            tmp.unlink(missing_ok=True)
+
+
+def iter_records(path: Path) -> Iterable[dict[str, Any]]:
+    """Records of an output file, skipping a torn last line (the file may be growing)."""
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                yield rec

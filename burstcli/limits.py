@@ -1,0 +1,270 @@
+"""How fast to send: concurrency, requests/minute and tokens/minute, learned or told.
+
+Providers enforce a minute's limit over sub-minute quanta, so a ceiling here is a *pace*: a
+request (or a token) is spaced 1/rate seconds after the previous one, with a burst credit far
+below one second's allowance (GCRA, the "virtual scheduling" form of a leaky bucket, which
+handles variable costs and rate changes exactly). Everything reads the injected clock, so tests
+step time instead of sleeping.
+
+Without user limits the run starts with one request in flight, opens up as answers come back
+(slow start) and settles under the ceilings the provider's x-ratelimit-* headers reveal. A 429
+pauses the whole run for the server's retry-after and lowers the pace, which then recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+BURST_SECONDS = 0.05  # credit an idle pacer may spend at once: 5 % of a second's allowance
+HEADER_MARGIN = 0.95  # settle this far under a ceiling learned from headers
+BACKOFF_FACTOR = 0.85  # pace multiplier after a 429
+MIN_FRACTION = 0.1  # never slow below this fraction of the ceiling
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """OpenAI's reset format ('6m0s', '120ms', '1.5s', '1h2m3s') or plain seconds -> seconds."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks us to wait: retry-after-ms first, then retry-after (seconds)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    sec = headers.get("retry-after")
+    if sec:
+        try:
+            return max(0.0, float(sec))
+        except ValueError:
+            from email.utils import parsedate_to_datetime  # HTTP-date form, rare
+
+            try:
+                from datetime import UTC, datetime
+
+                return max(0.0, (parsedate_to_datetime(sec) - datetime.now(UTC)).total_seconds())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class Pacer:
+    """Spreads `rate` units per second evenly; cost may vary per reservation."""
+
+    def __init__(self, rate: float | None, clock: Clock, burst: float = BURST_SECONDS) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tat = 0.0  # theoretical arrival time of the next unit
+
+    def reserve(self, cost: float) -> float:
+        """Book `cost` units; returns when (clock time) they may be sent."""
+        now = self._clock()
+        if not self.rate:
+            return now
+        tat = max(self._tat, now)
+        # A reservation bigger than the burst credit still goes, but pays for itself afterwards.
+        start = max(now, tat - self.burst)
+        self._tat = tat + cost / self.rate
+        return start
+
+    def adjust(self, delta: float) -> None:
+        """Correct a reservation once the real cost is known (negative gives credit back)."""
+        if self.rate:
+            self._tat = max(self._tat + delta / self.rate, self._clock() - self.burst)
+
+    def hold_until(self, t: float) -> None:
+        """Start pacing afresh from `t` (after a pause), so nothing bursts when it ends."""
+        self._tat = max(self._tat, t)
+
+
+class Gate:
+    """A semaphore whose limit can move while tasks wait on it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        while self.active >= self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                raise
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.active
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+
+@dataclass(slots=True)
+class LimitsSnapshot:
+    concurrency: int
+    in_flight: int
+    rpm: float | None
+    tpm: float | None
+    rpm_ceiling: float | None
+    tpm_ceiling: float | None
+    rate_limited: int
+    paused_for: float
+
+
+class Limits:
+    """Concurrency gate, request and token pacers, shared pause, and what headers teach."""
+
+    def __init__(self, *, concurrency: int, rpm: float | None = None, tpm: float | None = None,
+                 clock: Clock, sleep: Sleep = asyncio.sleep, slow_start: bool = True) -> None:
+        self.max_concurrency = max(1, concurrency)
+        self.user_rpm, self.user_tpm = rpm, tpm
+        self.rpm_ceiling, self.tpm_ceiling = rpm, tpm
+        self._clock, self._sleep = clock, sleep
+        self.requests = Pacer(rpm / 60 if rpm else None, clock)
+        self.tokens = Pacer(tpm / 60 if tpm else None, clock)
+        self.gate = Gate(1 if slow_start else self.max_concurrency)
+        self.paused_until = 0.0
+        self.rate_limited = 0
+        self._opened = not slow_start
+        self._cwnd = float(self.gate.limit)
+        self._told = rpm is not None or tpm is not None
+
+    # -- the two waits every attempt goes through ------------------------------------------
+    async def slot(self) -> None:
+        await self.gate.acquire()
+
+    def release(self) -> None:
+        self.gate.release()
+
+    async def pace(self, tokens: int) -> None:
+        """Wait until a request costing `tokens` may be sent under every ceiling and pause."""
+        while True:
+            now = self._clock()
+            if now < self.paused_until:
+                await self._sleep(self.paused_until - now)
+                continue
+            start = max(self.requests.reserve(1), self.tokens.reserve(tokens))
+            if start > now:
+                await self._sleep(start - now)
+                if self._clock() < self.paused_until:
+                    continue  # a 429 arrived while we waited: book again after the pause
+            return
+
+    # -- feedback ---------------------------------------------------------------------------
+    def on_success(self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
+                   ) -> None:
+        if real_tokens is not None:
+            self.tokens.adjust(real_tokens - est_tokens)
+        self._learn(headers)
+        if not self._opened:
+            self._opened = True
+            if self._told:
+                self.gate.set_limit(self.max_concurrency)
+                self._cwnd = float(self.max_concurrency)
+                return
+        # Slow start doubles the window each round trip; after a 429, grow by one per window.
+        if self._cwnd < self.max_concurrency:
+            step = 1.0 if self.rate_limited == 0 else 1.0 / self._cwnd
+            self._cwnd = min(float(self.max_concurrency), self._cwnd + step)
+            self.gate.set_limit(int(self._cwnd))
+        self._recover(self.requests, self.rpm_ceiling)
+        self._recover(self.tokens, self.tpm_ceiling)
+
+    def on_rate_limited(self, headers: Mapping[str, str], wait: float | None) -> None:
+        """A 429 rate_limit_exceeded: pause everyone, then go on at a lower pace."""
+        self.rate_limited += 1
+        self._learn(headers)
+        now = self._clock()
+        pause = wait if wait is not None else 1.0
+        self.paused_until = max(self.paused_until, now + pause)
+        for pacer, ceiling in ((self.requests, self.rpm_ceiling),
+                               (self.tokens, self.tpm_ceiling)):
+            if pacer.rate and ceiling:
+                pacer.rate = max(ceiling / 60 * MIN_FRACTION, pacer.rate * BACKOFF_FACTOR)
+            pacer.hold_until(self.paused_until)
+        if not self._told:
+            self._cwnd = max(1.0, self._cwnd / 2)
+            self.gate.set_limit(int(self._cwnd))
+
+    def _recover(self, pacer: Pacer, ceiling: float | None) -> None:
+        if pacer.rate and ceiling:
+            target = ceiling / 60 * (1.0 if self._is_user(ceiling, pacer) else HEADER_MARGIN)
+            if pacer.rate < target:
+                pacer.rate = min(target, pacer.rate + target * 0.01)
+
+    def _is_user(self, ceiling: float, pacer: Pacer) -> bool:
+        user = self.user_rpm if pacer is self.requests else self.user_tpm
+        return user is not None and ceiling == user
+
+    def _learn(self, headers: Mapping[str, str]) -> None:
+        """Adopt ceilings from x-ratelimit-limit-* when the user gave none (or a higher one)."""
+        for kind, pacer in (("requests", self.requests), ("tokens", self.tokens)):
+            raw = headers.get(f"x-ratelimit-limit-{kind}")
+            if not raw:
+                continue
+            try:
+                limit = float(raw)
+            except ValueError:
+                continue
+            user = self.user_rpm if kind == "requests" else self.user_tpm
+            if limit <= 0 or (user is not None and user <= limit):
+                continue
+            current = self.rpm_ceiling if kind == "requests" else self.tpm_ceiling
+            if current != limit:
+                if kind == "requests":
+                    self.rpm_ceiling = limit
+                else:
+                    self.tpm_ceiling = limit
+                pacer.rate = limit / 60 * HEADER_MARGIN
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            if remaining is not None and remaining.strip() in ("0", "0.0"):
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    pacer.hold_until(self._clock() + reset)
+
+    def snapshot(self) -> LimitsSnapshot:
+        now = self._clock()
+        return LimitsSnapshot(
+            concurrency=self.gate.limit, in_flight=self.gate.active,
+            rpm=self.requests.rate * 60 if self.requests.rate else None,
+            tpm=self.tokens.rate * 60 if self.tokens.rate else None,
+            rpm_ceiling=self.rpm_ceiling, tpm_ceiling=self.tpm_ceiling,
+            rate_limited=self.rate_limited, paused_for=max(0.0, self.paused_until - now))

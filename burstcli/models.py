@@ -1,0 +1,186 @@
+"""Shapes at the edges: request lines (pydantic, strict) and the plain data the engine passes.
+
+Pydantic validates what users write; inside, `@dataclass(slots=True)` keeps the hot path cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Endpoint = Literal["chat", "embeddings"]
+
+BATCH_URLS: dict[str, Endpoint] = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+}
+ENDPOINT_PATHS: dict[str, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class Params(BaseModel):
+    """Known sampling parameters are type-checked; anything else passes through to the API."""
+
+    model_config = ConfigDict(extra="allow")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    n: int | None = Field(default=None, ge=1, le=128)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+class NativeLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | int | None = None
+    input: str | list[str] | None = None
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+    priority: int = Field(default=5, ge=1, le=10)
+    metadata: dict[str, Any] | None = None
+    params: Params | None = None
+    endpoint: Endpoint = "chat"
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(default=None, min_length=1)
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    input: str | list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+
+
+class BatchLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    custom_id: str = Field(min_length=1)
+    method: Literal["POST"] = "POST"
+    url: str
+    body: BatchBody
+
+
+@dataclass(slots=True)
+class Request:
+    """One valid request, ready to send (the model is added per attempt: fallbacks change it)."""
+
+    line: int
+    id: str
+    endpoint: Endpoint
+    model: str
+    body: dict[str, Any]
+    priority: int = 5
+    metadata: dict[str, Any] | None = None
+    prompt_chars: int = 0
+    prompt_bytes: int = 0
+    n_messages: int = 0
+    max_tokens: int | None = None
+
+    @property
+    def est_tokens(self) -> int:
+        """OpenAI's own rate-limit estimate: prompt characters / 4 plus max_tokens (times n)."""
+        n = int(self.body.get("n") or 1)
+        return self.prompt_chars // 4 + 1 + (self.max_tokens or 0) * n
+
+
+@dataclass(slots=True)
+class InvalidLine:
+    line: int
+    id: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of one request: becomes one JSONL record (see `record()` for the shape)."""
+
+    request_id: str
+    line: int
+    status: Literal["completed", "failed"]
+    model: str | None
+    model_used: str | None = None
+    output: str | None = None
+    embedding: list[Any] | None = None
+    latency_ms: float | None = None
+    attempts: int = 0
+    usage: dict[str, Any] | None = None
+    cost_usd: float | None = None
+    error: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    finished_at: str = ""
+    truncated: bool = False
+    unanswered_attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_used(self) -> int:
+        if not self.usage:
+            return 0
+        return int(self.usage.get("total_tokens") or 0)
+
+    def record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "request_id": self.request_id,
+            "line": self.line,
+            "status": self.status,
+            "output": self.output,
+        }
+        if self.embedding is not None:
+            rec["embedding"] = self.embedding
+        rec.update(
+            model=self.model,
+            model_used=self.model_used,
+            latency_ms=self.latency_ms,
+            attempts=self.attempts,
+            usage=self.usage,
+            tokens_used=self.tokens_used,
+            cost_usd=self.cost_usd,
+            error=self.error,
+            metadata=self.metadata,
+            finished_at=self.finished_at,
+        )
+        if self.truncated:
+            rec["truncated"] = True
+        if self.unanswered_attempts:
+            # Sent but the answer was lost (timeout, reset): the provider may have billed them.
+            rec["unanswered_attempts"] = self.unanswered_attempts
+        rec.update(self.extra)
+        return rec
+
+
+@dataclass(slots=True)
+class Tally:
+    """Live figures of a run, updated by the engine and read by progress and metrics."""
+
+    total: int | None = None  # requests in the input (None while stdin is still being read)
+    skipped: int = 0  # already had a record when the run started
+    skipped_failed: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    unanswered: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    started: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed

@@ -1,0 +1,144 @@
+"""Showing a run to people: rich progress on a TTY, plain status lines otherwise.
+
+Everything here goes to stderr; stdout is data. The reporter polls the engine's `Tally` and the
+limits' snapshot a few times a second, so the hot path never formats anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import IO
+
+from .limits import LimitsSnapshot
+from .models import Tally
+
+Snapshot = Callable[[], LimitsSnapshot]
+
+
+def _money(x: float) -> str:
+    return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
+    done = tally.finished
+    total = f"/{tally.total - tally.skipped}" if tally.total is not None else ""
+    rate = _rate(done, elapsed)
+    parts = [f"burstq: {done}{total} done", f"{tally.failed} failed",
+             f"{rate * 60:,.0f} req/min", f"{tally.in_flight} in flight",
+             f"{tally.prompt_tokens + tally.completion_tokens:,} tokens",
+             f"{_money(tally.cost_usd)}"]
+    if tally.total is not None and rate > 0:
+        left = tally.total - tally.skipped - done
+        parts.append(f"ETA {_duration(left / rate)}")
+    limits = []
+    if snap.rpm:
+        limits.append(f"rpm {snap.rpm:,.0f}")
+    if snap.tpm:
+        limits.append(f"tpm {snap.tpm:,.0f}")
+    limits.append(f"conc {snap.concurrency}")
+    parts.append(" ".join(limits))
+    if tally.rate_limited:
+        parts.append(f"{tally.rate_limited} 429s")
+    return " | ".join(parts)
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class Reporter:
+    """Runs beside the engine; `mode` is 'rich', 'plain' or 'quiet'."""
+
+    def __init__(self, tally: Tally, snapshot: Snapshot, *, mode: str,
+                 interval: float | None = None, stream: IO[str] | None = None) -> None:
+        self.tally = tally
+        self.snapshot = snapshot
+        self.mode = mode
+        self.stream = stream or sys.stderr
+        self.interval = interval if interval is not None else (0.25 if mode == "rich" else 5.0)
+        self._task: asyncio.Task[None] | None = None
+        self._progress: object | None = None
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        if self.mode == "quiet":
+            return
+        self._started = time.monotonic()
+        if self.mode == "rich":
+            self._start_rich()
+        self._task = asyncio.create_task(self._loop())
+
+    def _start_rich(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        progress = Progress(TextColumn("[bold]burstq"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"),
+                            console=Console(file=self.stream), transient=False)
+        progress.start()
+        self._task_id = progress.add_task("run", total=None, info="")
+        self._progress = progress
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    def tick(self) -> None:
+        elapsed = time.monotonic() - self._started
+        snap = self.snapshot()
+        if self.mode == "rich" and self._progress is not None:
+            from rich.progress import Progress
+
+            assert isinstance(self._progress, Progress)
+            t = self.tally
+            total = t.total - t.skipped if t.total is not None else None
+            info = (f"{_rate(t.finished, elapsed) * 60:,.0f}/min  "
+                    f"{t.prompt_tokens + t.completion_tokens:,} tok  {_money(t.cost_usd)}  "
+                    f"[red]{t.failed} failed[/]  {t.in_flight} in flight  "
+                    f"rpm {snap.rpm or 0:,.0f} tpm {snap.tpm or 0:,.0f}  429s {t.rate_limited}")
+            self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
+        elif self.mode == "plain":
+            print(status_line(self.tally, snap, elapsed), file=self.stream, flush=True)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._progress is not None:
+            self.tick()
+            from rich.progress import Progress
+
+            assert isinstance(self._progress, Progress)
+            self._progress.stop()
+
+    def summary(self, elapsed: float) -> str:
+        t = self.tally
+        parts = [f"{t.completed} completed", f"{t.failed} failed"]
+        if t.skipped:
+            parts.append(f"{t.skipped} already done")
+        parts += [f"{t.attempts} attempts ({t.retries} retries, {t.rate_limited} rate-limited)",
+                  f"{t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion tokens",
+                  f"cost {_money(t.cost_usd)}" + (f" (+{t.unpriced} unpriced)"
+                                                  if t.unpriced else ""),
+                  f"{elapsed:.1f}s", f"{_rate(t.finished, elapsed) * 60:,.0f} req/min"]
+        if t.unanswered:
+            parts.append(f"{t.unanswered} attempts possibly billed without an answer")
+        return "burstq: " + ", ".join(parts)

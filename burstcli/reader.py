@@ -1,0 +1,326 @@
+"""Request files: both line shapes, line-numbered validation, and dispatch in priority order.
+
+A file is read in passes so memory stays flat whatever its size: one scan validates every line
+and keeps one byte per line (its priority, or 0 for "nothing to send"); then one pass per
+priority level present, highest first, re-reads and sends the lines of that level. Standard
+input cannot be re-read, so there priority orders what is buffered (`StreamSource`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from pydantic import ValidationError
+
+from .errors import InputError
+from .models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
+
+OnInvalid = Callable[[InvalidLine], None]
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _prompt_size(body: dict[str, Any]) -> tuple[int, int, int]:
+    """Characters, UTF-8 bytes and message count of what is sent as the prompt."""
+    if "messages" in body:
+        texts = [_content_text(m.get("content")) for m in body["messages"]]
+        n = len(texts)
+    else:
+        inp = body.get("input")
+        texts = [inp] if isinstance(inp, str) else [str(t) for t in (inp or [])]
+        n = len(texts)
+    chars = sum(len(t) for t in texts)
+    nbytes = sum(len(t.encode()) for t in texts)
+    return chars, nbytes, n
+
+
+def parse_line(raw: bytes, line: int, default_model: str) -> Request | InvalidLine | None:
+    """Parse one line; None for a blank line."""
+    if not raw.strip():
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return InvalidLine(line, None, f"invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return InvalidLine(line, None, f"expected a JSON object, got {type(obj).__name__}")
+    if "custom_id" in obj:
+        return _parse_batch(obj, line, default_model)
+    return _parse_native(obj, line, default_model)
+
+
+def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
+    raw_id = obj.get("id")
+    rid = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
+    try:
+        nl = NativeLine.model_validate(obj)
+    except ValidationError as exc:
+        return InvalidLine(line, rid, _format_validation(exc))
+    rid = str(nl.id) if nl.id is not None and nl.id != "" else f"line-{line}"
+    params = nl.params.model_dump(exclude_none=True) if nl.params else {}
+    body: dict[str, Any]
+    if nl.endpoint == "embeddings":
+        if nl.messages is not None:
+            return InvalidLine(line, rid, "messages: not allowed for endpoint 'embeddings'")
+        if nl.input is None or nl.input == [] or nl.input == "":
+            return InvalidLine(line, rid, "input: missing (embeddings need 'input')")
+        body = {"input": nl.input, **params}
+    else:
+        if nl.messages is not None and nl.input is not None:
+            return InvalidLine(line, rid, "give either 'input' or 'messages', not both")
+        if nl.messages is not None:
+            messages = [m.model_dump(exclude_none=True) for m in nl.messages]
+        elif isinstance(nl.input, str) and nl.input.strip():
+            messages = [{"role": "user", "content": nl.input}]
+        elif nl.input is None:
+            return InvalidLine(line, rid, "missing prompt: give 'input' (text) or 'messages'")
+        else:
+            return InvalidLine(line, rid, "input: must be a non-empty string for chat")
+        body = {"messages": messages, **params}
+    return _request(line, rid, nl.endpoint, nl.model or default_model, body, nl.priority,
+                    nl.metadata)
+
+
+def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
+    raw_id = obj.get("custom_id")
+    rid = raw_id if isinstance(raw_id, str) and raw_id else None
+    try:
+        bl = BatchLine.model_validate(obj)
+    except ValidationError as exc:
+        return InvalidLine(line, rid, _format_validation(exc))
+    endpoint = BATCH_URLS.get(bl.url)
+    if endpoint is None:
+        known = " or ".join(BATCH_URLS)
+        return InvalidLine(line, rid, f"url: unknown endpoint {bl.url!r} (expected {known})")
+    body = bl.body.model_dump(exclude_none=True)
+    model = body.pop("model", None) or default_model
+    if endpoint == "chat" and not body.get("messages"):
+        return InvalidLine(line, rid, "body.messages: missing (chat completions need messages)")
+    if endpoint == "embeddings" and not body.get("input"):
+        return InvalidLine(line, rid, "body.input: missing (embeddings need input)")
+    return _request(line, bl.custom_id, endpoint, model, body, 5, None)
+
+
+def _request(line: int, rid: str, endpoint: Any, model: str, body: dict[str, Any],
+             priority: int, metadata: dict[str, Any] | None) -> Request:
+    chars, nbytes, nmsg = _prompt_size(body)
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    return Request(line=line, id=rid, endpoint=endpoint, model=model, body=body,
+                   priority=priority, metadata=metadata, prompt_chars=chars,
+                   prompt_bytes=nbytes, n_messages=nmsg, max_tokens=max_tokens)
+
+
+class IdSet:
+    """Set of request ids in about 16 bytes an id: open addressing over 64-bit digests.
+
+    A million ids as Python strings in a set cost ~100 MB; this keeps memory flat. Digests are
+    blake2b, so a false "duplicate" needs a 64-bit collision.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        size = 1024
+        while size < capacity * 2:
+            size *= 2
+        self._slots = array("Q", bytes(8 * size))
+        self._mask = size - 1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, rid: str) -> bool:
+        """Add an id; False when it was already there."""
+        h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little") or 1
+        slots, mask = self._slots, self._mask
+        i = h & mask
+        while True:
+            cur = slots[i]
+            if cur == 0:
+                slots[i] = h
+                self._count += 1
+                if self._count * 2 > mask:
+                    self._grow()
+                return True
+            if cur == h:
+                return False
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        old = self._slots
+        size = (self._mask + 1) * 2
+        self._slots = array("Q", bytes(8 * size))
+        self._mask = size - 1
+        for h in old:
+            if h:
+                i = h & self._mask
+                while self._slots[i]:
+                    i = (i + 1) & self._mask
+                self._slots[i] = h
+
+
+class Done:
+    """Which lines already have a record in OUTPUT: a bitmap, one bit per line."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, line: int) -> None:
+        byte = line >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte + 1 - len(self._bits) + 4096))
+        self._bits[byte] |= 1 << (line & 7)
+
+    def __contains__(self, line: int) -> bool:
+        byte = line >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (line & 7)))
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n + 1
+
+
+class FileSource:
+    """A request file on disk: `scan()` once, then `requests()` in priority order."""
+
+    def __init__(self, path: Path, default_model: str) -> None:
+        self.path = path
+        self.default_model = default_model
+        self.total = 0  # requests in the file (valid or not)
+        self.pending = 0  # valid requests not yet done
+        self.done = 0  # requests that already have a record
+        self.invalid = 0
+        self._prio = bytearray()
+        self._levels: dict[int, int] = {}
+
+    def open(self) -> IO[bytes]:
+        try:
+            return self.path.open("rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+
+    def scan(self, done: Done | None, on_invalid: OnInvalid) -> None:
+        """Validate every line not yet done; invalid ones go to `on_invalid` (once each)."""
+        ids = IdSet(count_lines(self.path))
+        prio = bytearray()
+        with self.open() as f:
+            prio.append(0)  # line numbers start at 1
+            for line, raw in enumerate(f, start=1):
+                if done is not None and line in done:
+                    prio.append(0)
+                    self.total += 1
+                    self.done += 1
+                    continue
+                item = parse_line(raw, line, self.default_model)
+                if item is None:
+                    prio.append(0)
+                    continue
+                self.total += 1
+                if isinstance(item, Request) and not ids.add(item.id):
+                    item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
+                if isinstance(item, InvalidLine):
+                    prio.append(0)
+                    self.invalid += 1
+                    on_invalid(item)
+                    continue
+                prio.append(item.priority)
+                self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
+                self.pending += 1
+        self._prio = prio
+
+    def requests(self) -> Iterator[Request]:
+        """Valid, not-done requests: priority 10 first, file order within a level."""
+        prio = self._prio
+        for level in sorted(self._levels, reverse=True):
+            with self.open() as f:
+                for line, raw in enumerate(f, start=1):
+                    if line < len(prio) and prio[line] == level:
+                        item = parse_line(raw, line, self.default_model)
+                        if isinstance(item, Request):
+                            yield item
+
+
+class StreamSource:
+    """Requests from a stream (stdin): priority orders what is buffered, up to `window` lines."""
+
+    def __init__(self, stream: Iterable[bytes], default_model: str, window: int = 10_000) -> None:
+        self.stream = stream
+        self.default_model = default_model
+        self.window = window
+        self.total = 0
+        self.pending = 0
+        self.done = 0
+        self.invalid = 0
+
+    def items(self, done: Done | None) -> Iterator[Request | InvalidLine]:
+        """Invalid lines as soon as they are read; requests once buffered, highest first."""
+        ids = IdSet()
+        heap: list[tuple[int, int, Request]] = []
+        tie = itertools.count()
+        for line, raw in enumerate(self.stream, start=1):
+            if done is not None and line in done:
+                self.total += 1
+                self.done += 1
+                continue
+            item = parse_line(raw, line, self.default_model)
+            if item is None:
+                continue
+            self.total += 1
+            if isinstance(item, Request) and not ids.add(item.id):
+                item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
+            if isinstance(item, InvalidLine):
+                self.invalid += 1
+                yield item
+                continue
+            self.pending += 1
+            heapq.heappush(heap, (-item.priority, next(tie), item))
+            if len(heap) >= self.window:
+                yield heapq.heappop(heap)[2]
+        while heap:
+            yield heapq.heappop(heap)[2]
+
+
+def validate_file(path: Path, default_model: str = "gpt-4o-mini") -> tuple[int, list[InvalidLine]]:
+    """Every problem in a file, without calling anything: (requests, problems)."""
+    src = FileSource(path, default_model)
+    problems: list[InvalidLine] = []
+    src.scan(None, problems.append)
+    return src.total, problems
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return h.hexdigest()

@@ -1,0 +1,202 @@
+"""Assemble one `burstq run`: source, resume state, client, limits, engine, reporter.
+
+The CLI turns options into a `RunConfig` and calls `execute()` once; everything that needs a
+running event loop lives here, so tests can drive a whole run without Typer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .client import ApiClient
+from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items
+from .errors import UsageError
+from .journal import Journal, open_for_resume
+from .limits import Limits
+from .models import InvalidLine, Request, Tally
+from .progress import Reporter
+from .reader import Done, FileSource, StreamSource, file_digest
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
+
+
+@dataclass(slots=True)
+class RunConfig:
+    input: str  # path or "-"
+    output: str  # path or "-"
+    model: str = "gpt-4o-mini"
+    fallback_models: list[str] = field(default_factory=list)
+    concurrency: int = 50
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 5
+    timeout: float = 60.0
+    base_url: str | None = None
+    api_key: str | None = None
+    max_cost: float | None = None
+    budget_max_tokens: int = 4096
+    prices: Path | None = None
+    retry_failed: bool = False
+    restart: bool = False
+    simulate: bool = False
+    quiet: bool = False
+    progress: str = "auto"  # auto | rich | plain | quiet
+    metrics_file: Path | None = None
+    fsync: bool = False
+    grace: float = 10.0
+    max_output_chars: int = 50_000
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    stdin_window: int = 10_000
+
+
+@dataclass(slots=True)
+class RunReport:
+    outcome: RunOutcome
+    elapsed: float
+    summary: str
+    budget_spent: float | None = None
+
+
+def shaping(cfg: RunConfig) -> dict[str, Any]:
+    """Options that change what is sent: a resume with other values would mix two jobs."""
+    return {"model": cfg.model}
+
+
+def _reporter_mode(cfg: RunConfig) -> str:
+    if cfg.quiet:
+        return "quiet"
+    if cfg.progress != "auto":
+        return cfg.progress
+    return "rich" if sys.stderr.isatty() else "plain"
+
+
+def execute(cfg: RunConfig, *, on_ready: Callable[[Engine], None] | None = None) -> RunReport:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - Windows
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_execute(cfg, on_ready))
+
+
+async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) -> RunReport:
+    from .pricing import PriceBook, PricesFileError, worst_case_cost
+
+    started = time.monotonic()
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        if msg not in warnings:
+            warnings.append(msg)
+            if not cfg.quiet:
+                print(f"burstq: warning: {msg}", file=sys.stderr)
+
+    simulate_server = None
+    base_url, api_key = cfg.base_url, cfg.api_key
+    if cfg.simulate:
+        from .mock_server import MockConfig, ThreadedMockServer
+
+        simulate_server = ThreadedMockServer(MockConfig(
+            latency=0.15, latency_jitter=0.2, fault_rate=0.03, seed=7,
+            rpm=int(cfg.rpm) if cfg.rpm else None, tpm=int(cfg.tpm) if cfg.tpm else None))
+        simulate_server.start()
+        base_url, api_key = simulate_server.base_url, "sk-simulate"
+    base_url = base_url or OPENAI_BASE_URL
+    if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise UsageError("no API key: set OPENAI_API_KEY or pass --api-key "
+                         "(or try the whole pipeline offline with --simulate)")
+    try:
+        prices = PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
+    except PricesFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+    tally = Tally()
+    out_path = None if cfg.output == "-" else Path(cfg.output)
+    in_path = None if cfg.input == "-" else Path(cfg.input)
+    fingerprint: dict[str, Any] = {"input": cfg.input, "shaping": shaping(cfg)}
+    if in_path is not None:
+        fingerprint["input_sha256"] = file_digest(in_path)
+    done: Done | None = None
+    if out_path is not None:
+        state = open_for_resume(out_path, fingerprint, restart=cfg.restart,
+                                retry_failed=cfg.retry_failed)
+        done = state.done
+        tally.skipped, tally.skipped_failed = state.records, state.failed
+        if state.repaired_bytes:
+            warn(f"repaired a torn last line in {out_path} ({state.repaired_bytes} bytes); "
+                 "that request will be redone")
+
+    journal = Journal(out_path, fsync=cfg.fsync)
+    loop = asyncio.get_running_loop()
+    limits = Limits(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, clock=loop.time)
+
+    def worst_case(req: Request) -> float | None:
+        price = prices.price(req.model)
+        if price is None:
+            return None
+        prompt = req.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * req.n_messages + 3
+        completion = 0 if req.endpoint == "embeddings" else \
+            (req.max_tokens or cfg.budget_max_tokens) * int(req.body.get("n") or 1)
+        return worst_case_cost(price, prompt, completion)
+
+    budget = Budget(cfg.max_cost, worst_case) if cfg.max_cost is not None else None
+    config = EngineConfig(fallback_models=cfg.fallback_models, max_retries=cfg.max_retries,
+                          backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
+                          max_output_chars=cfg.max_output_chars, grace=cfg.grace,
+                          max_cost=cfg.max_cost)
+    reporter = Reporter(tally, limits.snapshot, mode=_reporter_mode(cfg))
+    try:
+        async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
+            engine = Engine(client=client, limits=limits, journal=journal, config=config,
+                            price=prices.cost, budget=budget, tally=tally)
+            items = _source(cfg, in_path, done, tally)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, engine.request_stop, int(sig))
+            if on_ready is not None:
+                on_ready(engine)
+            reporter.start()
+            try:
+                outcome = await engine.run(items)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                await reporter.stop()
+    finally:
+        journal.close()
+        if simulate_server is not None:
+            simulate_server.close()
+    elapsed = time.monotonic() - started
+    return RunReport(outcome, elapsed, reporter.summary(elapsed),
+                     budget.spent if budget is not None else None)
+
+
+def _source(cfg: RunConfig, in_path: Path | None, done: Done | None, tally: Tally
+            ) -> AsyncIterator[Request | InvalidLine]:
+    if in_path is None:
+        stream = StreamSource(sys.stdin.buffer, cfg.model, window=cfg.stdin_window)
+        return aiter_items(stream.items(done), threaded=True)
+    src = FileSource(in_path, cfg.model)
+    # The scan validates everything before anything is sent; invalid lines are recorded first.
+    invalid: list[InvalidLine] = []
+    src.scan(done, invalid.append)
+    tally.total = src.total
+    return _chain(invalid, src.requests())
+
+
+async def _chain(first: list[InvalidLine], then: Iterator[Request]
+                 ) -> AsyncIterator[Request | InvalidLine]:
+    for item in first:
+        yield item
+    async for req in aiter_items(then):
+        yield req
