@@ -14,7 +14,6 @@ from the documented OpenAI status codes and error bodies rather than from any on
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Mapping
@@ -99,7 +98,7 @@ class ApiClient:
             async with self._session.post(url, data=payload, timeout=self.timeout) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
-        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise CallError("timeout", f"no answer within {self.timeout.total:g}s",
                             retryable=True, maybe_billed=True) from exc
         except aiohttp.ClientConnectorError as exc:

@@ -113,6 +113,7 @@ class Engine:
         self._signal: int | None = None
         self._fatal: CallError | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._write_error: OSError | None = None
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -138,6 +139,8 @@ class Engine:
         else:
             await self._drain(None)
         self._flush()
+        if self._write_error is not None:
+            raise UsageError(f"cannot write output: {self._write_error}")
         reason: StopReason = self._stop or "done"
         error = None
         if self._fatal is not None:
@@ -313,9 +316,18 @@ class Engine:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._pending:
+        if self._pending and self._write_error is None:
             batch, self._pending = self._pending, []
-            self.journal.write(batch)
+            try:
+                self.journal.write(batch)
+            except OSError as exc:
+                # Disk full, closed pipe: nothing more can be recorded, so nothing more is sent.
+                self._write_error = exc
+                self._stop = "fatal"
+                if self._dispatcher is not None:
+                    self._dispatcher.cancel()
+                for t in self._tasks:
+                    t.cancel()
 
 
 async def aiter_items(items: Iterable[Request | InvalidLine], *, threaded: bool = False,

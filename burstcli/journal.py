@@ -35,35 +35,35 @@ class Journal:
     def __init__(self, path: Path | None, *, fsync: bool = False) -> None:
         self.path = path
         self.fsync = fsync and path is not None
-        if path is None:
-            self._fd = sys.stdout.fileno()
-            self._own = False
-        else:
+        self._fd = -1
+        if path is not None:
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            self._own = True
         self.written = 0
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        data = b"".join([orjson.dumps(r) + b"\n" for r in records])
         if not data:
             return
-        if self._fd == sys.stdout.fileno():
+        if self._fd < 0:  # stdout: whatever object sys.stdout is now (a pipe, a test capture)
             sys.stdout.flush()
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(self._fd)
         self.written += data.count(b"\n")
 
     def close(self) -> None:
-        if self._own:
+        if self._fd >= 0:
             os.close(self._fd)
-            self._own = False
+            self._fd = -1
 
 
 @dataclass(slots=True)

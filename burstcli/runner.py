@@ -108,8 +108,9 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         from .mock_server import MockConfig, ThreadedMockServer
 
         simulate_server = ThreadedMockServer(MockConfig(
-            latency=0.15, latency_jitter=0.2, fault_rate=0.03, seed=7,
-            rpm=int(cfg.rpm) if cfg.rpm else None, tpm=int(cfg.tpm) if cfg.tpm else None))
+            latency=0.15, latency_jitter=0.2, fault_rate=0.03, seed=7, hang_seconds=2.0,
+            rpm=max(1, int(cfg.rpm)) if cfg.rpm else None,
+            tpm=max(1, int(cfg.tpm)) if cfg.tpm else None))
         simulate_server.start()
         base_url, api_key = simulate_server.base_url, "sk-simulate"
     base_url = base_url or OPENAI_BASE_URL

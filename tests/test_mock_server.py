@@ -11,7 +11,7 @@ import struct
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,12 @@ ServerFactory = Callable[..., Awaitable[MockServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     servers: list[MockServer] = []
 
-    async def factory(**config: Any) -> MockServer:
+    async def factory(clock: Callable[[], float] | None = None, **config: Any) -> MockServer:
         server = MockServer(MockConfig(**config))
+        if clock is not None:
+            # A frozen clock makes rate-limit tests independent of how fast the machine is.
+            server.state.clock = clock
+            server.state.reset()
         await server.start()
         servers.append(server)
         return server
@@ -62,7 +66,7 @@ async def post(
     path: str,
     body: Any,
     headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], Mapping[str, str]]:
     async with session.post(server.base_url + path, json=body, headers=headers) as resp:
         return resp.status, orjson.loads(await resp.read()), resp.headers
 
@@ -141,7 +145,8 @@ async def test_embeddings(make_server: ServerFactory, session: aiohttp.ClientSes
     assert data["model"] == "text-embedding-3-small"
     assert [d["index"] for d in data["data"]] == [0, 1, 2]
     vectors = [d["embedding"] for d in data["data"]]
-    assert all(d["object"] == "embedding" and len(v) == 5 for d, v in zip(data["data"], vectors))
+    assert all(d["object"] == "embedding" for d in data["data"])
+    assert all(len(v) == 5 for v in vectors)
     assert vectors[0] == vectors[2] != vectors[1]
     assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-9
     assert data["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
@@ -252,9 +257,18 @@ async def test_insufficient_quota(
     assert server.stats()["rate_limited"] == 0
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_rpm_limit(make_server: ServerFactory, session: aiohttp.ClientSession) -> None:
     # Capacity 600 * 1 / 60 = 10 requests, refilled at 10 per second.
-    server = await make_server(rpm=600)
+    clock = FakeClock()
+    server = await make_server(rpm=600, clock=clock)
     statuses = []
     for i in range(11):
         status, data, headers = await post(session, server, "/chat/completions", chat_body(f"p{i}"))
@@ -262,29 +276,42 @@ async def test_rpm_limit(make_server: ServerFactory, session: aiohttp.ClientSess
         if i == 0:
             assert headers["x-ratelimit-limit-requests"] == "600"
             assert headers["x-ratelimit-remaining-requests"] == "9"
-            assert headers["x-ratelimit-reset-requests"].endswith("ms")
+            assert headers["x-ratelimit-reset-requests"] == "100ms"
             assert "x-ratelimit-limit-tokens" not in headers
     assert statuses == [200] * 10 + [429]
     assert data["error"]["code"] == "rate_limit_exceeded"
     assert data["error"]["type"] == "requests"
     assert "on requests per min (RPM): Limit 600" in data["error"]["message"]
-    wait_ms = int(headers["retry-after-ms"])
-    assert 1 <= wait_ms <= 100
+    assert headers["retry-after-ms"] == "100"
+    assert "Please try again in 100ms." in data["error"]["message"]
     assert headers["retry-after"] == "1"
+    assert headers["x-ratelimit-reset-requests"] == "1s"
     assert headers["x-ratelimit-remaining-requests"] == "0"
     stats = server.stats()
     assert stats["rate_limited"] == 1
     assert stats["attempts_by_prompt"]["p10"] == 1
     assert "p10" not in stats["completed_by_prompt"]
 
-    await asyncio.sleep(wait_ms / 1000)
+    clock.now += 0.1
     status, _, _ = await post(session, server, "/chat/completions", chat_body("p10"))
     assert status == 200
 
 
+async def test_rpm_quantum_allows_a_minute_burst(
+    make_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    # quantum=60: the bucket holds a whole minute's allowance.
+    server = await make_server(rpm=60, quantum=60, clock=FakeClock())
+    statuses = [
+        (await post(session, server, "/chat/completions", chat_body(f"b{i}")))[0] for i in range(61)
+    ]
+    assert statuses == [200] * 60 + [429]
+
+
 async def test_tpm_limits(make_server: ServerFactory, session: aiohttp.ClientSession) -> None:
-    # Capacity 6000 / 60 = 100 tokens.
-    server = await make_server(tpm=6000)
+    # Capacity 6000 / 60 = 100 tokens, refilled at 100 per second.
+    clock = FakeClock()
+    server = await make_server(tpm=6000, clock=clock)
     status, data, headers = await post(
         session, server, "/chat/completions", chat_body("x" * 40, max_tokens=7000)
     )
@@ -304,7 +331,12 @@ async def test_tpm_limits(make_server: ServerFactory, session: aiohttp.ClientSes
     )
     assert status == 429
     assert data["error"]["type"] == "tokens"
-    assert int(headers["retry-after-ms"]) > 0
+    assert headers["retry-after-ms"] == "800"  # 90 tokens needed, 10 left, 100 per second
+    clock.now += 0.8
+    status, _, _ = await post(
+        session, server, "/chat/completions", chat_body("x" * 40, max_tokens=80)
+    )
+    assert status == 200
 
 
 async def test_directive_500_twice_then_success(
