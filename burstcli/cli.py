@@ -242,6 +242,100 @@ def validate(
     raise typer.Exit(2 if problems else 0)
 
 
+@app.command()
+@_boundary
+def estimate(
+    input: Annotated[Path, typer.Argument(help="Request file (JSONL).")],
+    model: Annotated[str, typer.Option(envvar=_env("model"),
+                                       help="Model for lines that name none.")] = "gpt-4o-mini",
+    rpm: Annotated[float | None, typer.Option(envvar=_env("rpm"), min=0.001,
+                                              help="Requests/minute you will run at.")] = None,
+    tpm: Annotated[float | None, typer.Option(envvar=_env("tpm"), min=1,
+                                              help="Tokens/minute you will run at.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        envvar=_env("concurrency"), min=1, help="Requests in flight (with --latency).")] = None,
+    latency: Annotated[float, typer.Option(
+        min=0.001, help="Assumed seconds per request, for the concurrency bound.")] = 1.0,
+    budget_max_tokens: Annotated[int, typer.Option(
+        envvar=_env("budget_max_tokens"), min=1,
+        help="Completion tokens assumed for a line without max_tokens.")] = 4096,
+    prices: Annotated[Path | None, typer.Option(
+        envvar=_env("prices"), help="TOML or JSON per-model prices (USD per 1M tokens).")
+    ] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Price at Batch API rates.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Tokens, cost range and minimum duration of a request file, with no API call.
+
+    Example:
+
+        burstq estimate requests.jsonl --rpm 500 --tpm 200000 --concurrency 50
+    """
+    import orjson
+
+    from .errors import InputError
+    from .estimate import estimate as compute
+    from .pricing import PriceBook, PricesFileError
+
+    if not input.is_file():
+        raise InputError(f"cannot read {input}: no such file")
+    warnings: list[str] = []
+    try:
+        book = PriceBook(prices, warn=warnings.append)
+    except PricesFileError as exc:
+        raise UsageError(str(exc)) from exc
+    est = compute(input, default_model=model, prices=book, rpm=rpm, tpm=tpm,
+                  concurrency=concurrency, latency=latency,
+                  assume_max_tokens=budget_max_tokens, batch=batch)
+    for w in warnings:
+        _err(f"burstq: warning: {w}")
+    if as_json:
+        sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    _render_estimate(est)
+
+
+def _console() -> Any:
+    """Tables go to stderr (stdout is data); wide enough for them when it is not a TTY."""
+    from rich.console import Console
+
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def _usd(x: float | None) -> str:
+    return "unknown" if x is None else f"${x:,.6f}" if x < 1 else f"${x:,.2f}"
+
+
+def _render_estimate(est: dict[str, Any]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"burstq estimate: {est['file']}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for col in ("model", "requests", "prompt tok", "compl. typ", "compl. max", "cost typ",
+                "cost max"):
+        table.add_column(col, justify="left" if col == "model" else "right",
+                         no_wrap=col == "model")
+    for m in [*est["models"], {**est, "model": "total"}]:
+        table.add_row(m["model"], f"{m['requests']:,}", f"{m['prompt_tokens']:,}",
+                      f"{m['completion_tokens_typical']:,}", f"{m['completion_tokens_worst']:,}",
+                      _usd(m["cost_usd_typical"]), _usd(m["cost_usd_worst"]),
+                      style="bold" if m["model"] == "total" else None)
+    console.print(table)
+    if est["invalid"]:
+        console.print(f"{est['invalid']} invalid lines (see `burstq validate`)")
+    if est["unpriced_models"]:
+        console.print("no price for: " + ", ".join(est["unpriced_models"]) +
+                      " (add them with --prices FILE)")
+    if est["min_duration_s"] is not None:
+        bounds = ", ".join(f"{k} {v:,.1f}s" for k, v in est["duration_bounds_s"].items())
+        console.print(f"minimum duration: {est['min_duration_s']:,.1f}s, set by "
+                      f"{est['binding_limit']} ({bounds})")
+    else:
+        console.print("minimum duration: give --rpm, --tpm or --concurrency to bound it")
+
+
 @app.command("mock-server")
 @_boundary
 def mock_server(
