@@ -70,9 +70,9 @@ def invalid_result(item: InvalidLine) -> Result:
 class Budget:
     """A hard USD cap: reserve a request's worst case before sending, settle on the real cost."""
 
-    def __init__(self, cap: float, worst_case: ReserveFn) -> None:
+    def __init__(self, cap: float, worst_case: ReserveFn, spent: float = 0.0) -> None:
         self.cap = cap
-        self.spent = 0.0
+        self.spent = spent
         self.reserved = 0.0
         self._worst_case = worst_case
 
@@ -132,6 +132,10 @@ class Engine:
         except asyncio.CancelledError:
             if self._stop is None:
                 raise
+        except BaseException:
+            await self._drain(0)  # a config error mid-run: stop, keep what finished
+            self._flush()
+            raise
         if self._stop == "interrupted":
             await self._drain(self.config.grace)
         elif self._stop == "fatal":
@@ -176,6 +180,11 @@ class Engine:
             held = 0.0
             if self.budget is not None:
                 amount = self.budget.reserve(item)
+                while amount is None and self._tasks:
+                    # In-flight reservations settle below their worst case: wait and retry
+                    # before calling the budget spent.
+                    await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                    amount = self.budget.reserve(item)
                 if amount is None:
                     self.limits.release()
                     self._stop = "budget"

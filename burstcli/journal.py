@@ -73,6 +73,7 @@ class ResumeState:
     failed: int = 0
     repaired_bytes: int = 0
     dropped_failed: int = 0
+    cost_usd: float = 0.0  # spent by earlier runs: --max-cost is a cap on the whole output
 
     @property
     def records(self) -> int:
@@ -183,6 +184,9 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
                 if kept is not None:
                     kept.write(raw)
                 state.done.add(line)
+                cost = rec.get("cost_usd")
+                if isinstance(cost, int | float):
+                    state.cost_usd += cost
                 if status == "completed":
                     state.completed += 1
                 else:

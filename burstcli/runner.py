@@ -129,10 +129,12 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     if in_path is not None:
         fingerprint["input_sha256"] = file_digest(in_path)
     done: Done | None = None
+    spent_before = 0.0
     if out_path is not None:
         state = open_for_resume(out_path, fingerprint, restart=cfg.restart,
                                 retry_failed=cfg.retry_failed)
         done = state.done
+        spent_before = state.cost_usd
         tally.skipped, tally.skipped_failed = state.records, state.failed
         if state.repaired_bytes:
             warn(f"repaired a torn last line in {out_path} ({state.repaired_bytes} bytes); "
@@ -151,7 +153,8 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
             (req.max_tokens or cfg.budget_max_tokens) * int(req.body.get("n") or 1)
         return worst_case_cost(price, prompt, completion)
 
-    budget = Budget(cfg.max_cost, worst_case) if cfg.max_cost is not None else None
+    budget = Budget(cfg.max_cost, worst_case, spent_before) if cfg.max_cost is not None \
+        else None
     config = EngineConfig(fallback_models=cfg.fallback_models, max_retries=cfg.max_retries,
                           backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
                           max_output_chars=cfg.max_output_chars, grace=cfg.grace,

@@ -1,0 +1,201 @@
+"""Drawing `stats.compute()` for people: rich tables, a latency histogram and a sparkline.
+
+Only reads the dict (the `--json` contract), so it can render stats saved earlier. Everything
+stays legible without colour and within 100 columns: numbers carry their own units, bars are
+block characters, and styles only emphasise what the text already says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+SPARKS = "▁▂▃▄▅▆▇█"
+# Eighths of a block, so a bar of 40 cells resolves 320 steps instead of 40.
+EIGHTHS = " ▏▎▍▌▋▊▉"
+BAR_WIDTH = 40
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1000:
+        return f"{value:,.0f} ms"
+    return f"{value / 1000:,.2f} s"
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    if value < 0.01:
+        return f"${value:,.6f}"
+    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _bound(ms: int) -> str:
+    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms}ms"
+
+
+def bar(count: int, largest: int, width: int = BAR_WIDTH) -> str:
+    """A horizontal bar of `count` against `largest` in `width` cells, to an eighth of a cell."""
+    if largest <= 0 or count <= 0:
+        return ""
+    eighths = max(1, round(count / largest * width * 8))  # a non-zero count stays visible
+    full, part = divmod(eighths, 8)
+    return "█" * full + (EIGHTHS[part] if part else "")
+
+
+def sparkline(counts: list[int]) -> str:
+    """One block per bin: ▁ for an empty bin, █ for the busiest, non-empty bins at least ▂."""
+    top = max(counts, default=0)
+    if top <= 0:
+        return SPARKS[0] * len(counts)
+    out = []
+    for c in counts:
+        if c <= 0:
+            out.append(SPARKS[0])
+        else:
+            out.append(SPARKS[max(1, -(-c * (len(SPARKS) - 1) // top))])
+    return "".join(out)
+
+
+def _summary(stats: dict[str, Any]) -> Table:
+    st, cost, att, tok = stats["status"], stats["cost_usd"], stats["attempts"], stats["tokens"]
+    t = stats["time"]
+    table = Table(title="Summary", box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column("figure", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("Records", f"{stats['records']:,}")
+    others = {k: v for k, v in st.items() if k not in ("completed", "failed")}
+    table.add_row("Completed", f"{st['completed']:,}")
+    table.add_row("Failed", Text(f"{st['failed']:,}", style="red" if st["failed"] else ""))
+    for name, n in others.items():
+        table.add_row(f"Status {name!r}", f"{n:,}")
+    table.add_row("Success rate", _pct(stats["success_rate"]))
+    table.add_row("Wall time", f"{_duration(t['wall_seconds'])}"
+                  + (f"  ({t['first_finished_at']} -> {t['last_finished_at']})"
+                     if t["first_finished_at"] else ""))
+    tp = t["throughput_per_min"]
+    table.add_row("Throughput", "-" if tp is None else f"{tp:,.1f} requests/min")
+    table.add_row("Attempts", f"{att['total']:,} ({att['retries']:,} retries)")
+    table.add_row("Tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + "
+                  f"{tok['completion']:,} completion)")
+    priced = _money(cost["total"])
+    if cost["unpriced_completed"]:
+        priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
+    table.add_row("Cost", priced)
+    if att["unanswered"]:
+        worst = _money(cost["worst_case"])
+        if cost["unpriced_unanswered"]:
+            worst += f" (+{cost['unpriced_unanswered']:,} attempts without a price)"
+        table.add_row("Worst-case cost",
+                      f"{worst}, if all {att['unanswered']:,} unanswered attempts were billed")
+    return table
+
+
+def _latency(stats: dict[str, Any]) -> Table:
+    lat = stats["latency_ms"]
+    table = Table(title=f"Latency of completed requests (n={lat['count']:,}, "
+                  f"{lat['method']} percentiles)", box=box.SIMPLE, title_justify="left")
+    for col in ("p50", "p90", "p99", "max", "mean"):
+        table.add_column(col, justify="right")
+    table.add_row(*(_ms(lat[k]) for k in ("p50", "p90", "p99", "max", "mean")))
+    return table
+
+
+def _histogram(stats: dict[str, Any]) -> Table:
+    buckets = stats["histogram"]["buckets"]
+    largest = max((b["count"] for b in buckets), default=0)
+    table = Table(title="Latency histogram", box=box.SIMPLE, title_justify="left")
+    table.add_column("latency", justify="right", no_wrap=True)
+    table.add_column("count", justify="right")
+    table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
+    for b in buckets:
+        label = f"> {_bound(b['lo'])}" if b["hi"] is None else \
+            f"{_bound(b['lo']) if b['lo'] else '0'} - {_bound(b['hi'])}"
+        table.add_row(label, f"{b['count']:,}", bar(b["count"], largest))
+    return table
+
+
+def _timeline(stats: dict[str, Any]) -> Text | None:
+    tl = stats["timeline"]
+    if not tl["counts"]:
+        return None
+    text = Text("Requests over time  ", style="bold")
+    text.append(sparkline(tl["counts"]))
+    peak = max(tl["counts"])
+    if tl["bin_seconds"]:
+        text.append(f"  {len(tl['counts'])} bins of {_duration(tl['bin_seconds'])}, "
+                    f"peak {peak:,} per bin")
+        failed = sum(tl["failed"])
+        if failed:
+            text.append(f"; failures  {sparkline(tl['failed'])}")
+    else:
+        text.append(f"  all {peak:,} finished at {tl['start']}")
+    return text
+
+
+def _models(stats: dict[str, Any]) -> Table:
+    table = Table(title="Per model", box=box.SIMPLE, title_justify="left")
+    table.add_column("model", overflow="fold", ratio=1)
+    for col in ("requests", "completed", "failed", "tokens", "cost", "p50 latency"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, m in stats["models"].items():
+        cost = _money(m["cost_usd"])
+        if m["unpriced"] and m["cost_usd"] is not None:
+            cost += "+?"  # partly priced: the figure is a floor
+        table.add_row(name, f"{m['count']:,}", f"{m['completed']:,}",
+                      Text(f"{m['failed']:,}", style="red" if m["failed"] else ""),
+                      f"{m['tokens']['total']:,}", cost, _ms(m["latency_p50_ms"]))
+    return table
+
+
+def _errors(stats: dict[str, Any]) -> Table:
+    failed = stats["status"]["failed"]
+    table = Table(title="Errors by type", box=box.SIMPLE, title_justify="left")
+    table.add_column("error type")
+    table.add_column("count", justify="right")
+    table.add_column("share of failures", justify="right")
+    for etype, n in stats["errors"].items():
+        table.add_row(etype, f"{n:,}", _pct(n / failed) if failed else "-")
+    return table
+
+
+def render(stats: dict[str, Any], console: Console) -> None:
+    """Print `stats` (the dict from `stats.compute`) as tables on `console`."""
+    files = stats["files"]
+    head = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+    console.print(Text(f"burstq stats: {head}", style="bold"))
+    if not stats["records"]:
+        console.print("No records.")
+        return
+    console.print(_summary(stats))
+    console.print(_latency(stats))
+    if stats["latency_ms"]["count"]:
+        console.print(_histogram(stats))
+    timeline = _timeline(stats)
+    if timeline is not None:
+        console.print(timeline)
+        console.print()
+    console.print(_models(stats))
+    if stats["errors"]:
+        console.print(_errors(stats))
