@@ -135,6 +135,9 @@ def run(
         envvar=_env("progress"),
         help="auto (rich on a terminal, a status line every few seconds otherwise), rich, "
         "plain or quiet.")] = "auto",
+    status_every: Annotated[float, typer.Option(
+        envvar=_env("status_every"), min=0.01,
+        help="Seconds between plain status lines (when stderr is not a terminal).")] = 5.0,
     metrics_file: Annotated[Path | None, typer.Option(
         envvar=_env("metrics_file"),
         help="Prometheus text file for node_exporter's textfile collector.")] = None,
@@ -185,6 +188,7 @@ def run(
         base_url=base_url, api_key=api_key, max_cost=max_cost,
         budget_max_tokens=budget_max_tokens, prices=prices, retry_failed=retry_failed,
         restart=restart, simulate=simulate, quiet=quiet, progress=progress,
+        status_every=status_every,
         metrics_file=metrics_file, fsync=fsync, grace=grace,
         max_output_chars=max_output_chars, backoff_base=backoff_base)
     report = execute(cfg)

@@ -223,6 +223,13 @@ class Engine:
         attempts = unanswered = 0
         started = asyncio.get_running_loop().time()
         last: CallError | None = None
+        ceiling = limits.tpm_ceiling
+        if ceiling and req.est_tokens > ceiling:
+            # It can never fit in a minute's allowance: sending it would only earn a 429.
+            return self._failed(req, CallError(
+                "request_too_large", f"request needs ~{req.est_tokens} tokens (prompt chars/4 "
+                f"+ max_tokens) but the TPM ceiling is {ceiling:g}; shorten it or lower "
+                "max_tokens"), 0, 0, started)
         for model in models:
             retries = limited = 0
             while True:

@@ -49,6 +49,7 @@ class RunConfig:
     simulate: bool = False
     quiet: bool = False
     progress: str = "auto"  # auto | rich | plain | quiet
+    status_every: float = 5.0  # seconds between plain status lines
     metrics_file: Path | None = None
     fsync: bool = False
     grace: float = 10.0
@@ -159,7 +160,9 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
                           backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
                           max_output_chars=cfg.max_output_chars, grace=cfg.grace,
                           max_cost=cfg.max_cost)
-    reporter = Reporter(tally, limits.snapshot, mode=_reporter_mode(cfg))
+    mode = _reporter_mode(cfg)
+    reporter = Reporter(tally, limits.snapshot, mode=mode,
+                        interval=cfg.status_every if mode == "plain" else None)
     try:
         async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
             engine = Engine(client=client, limits=limits, journal=journal, config=config,

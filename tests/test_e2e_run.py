@@ -184,3 +184,33 @@ def test_simulate_needs_no_key(tmp_path: Path) -> None:
     recs = read_jsonl(out)
     assert len(recs) == n
     assert collections.Counter(r["status"] for r in recs)["completed"] >= n - 1
+
+
+def test_plain_status_lines_when_not_a_tty(tmp_path: Path, server) -> None:
+    srv = server(latency=0.05)
+    inp = write_jsonl(tmp_path / "in.jsonl", prompts(40))
+    out = tmp_path / "out.jsonl"
+    args = run_args(srv, inp, out, "--concurrency", "4")
+    args[args.index("--progress") + 1] = "plain"
+    res = run_cli([*args, "--status-every", "0.1"])
+    assert res.exit_code == 0
+    lines = [x for x in res.stderr.splitlines() if x.startswith("burstq: ") and "/40 done" in x]
+    assert len(lines) >= 3, res.stderr
+    assert "in flight" in lines[0] and "req/min" in lines[0] and "conc" in lines[0]
+    assert res.stdout == ""  # stdout is data: nothing there when OUTPUT is a file
+    assert "burstq: 40 completed, 0 failed" in res.stderr
+
+
+def test_too_large_for_tpm_fails_without_sending(tmp_path: Path, server) -> None:
+    srv = server()
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "big", "input": "x" * 4000, "params": {"max_tokens": 500}},
+        {"id": "small", "input": "ok", "params": {"max_tokens": 5}}])
+    out = tmp_path / "out.jsonl"
+    res = run_cli(run_args(srv, inp, out, "--tpm", "1000"))
+    assert res.exit_code == 1
+    recs = {r["request_id"]: r for r in read_jsonl(out)}
+    assert recs["big"]["error"]["type"] == "request_too_large"
+    assert recs["big"]["attempts"] == 0
+    assert recs["small"]["status"] == "completed"
+    assert srv.stats()["requests_total"] == 1
