@@ -18,6 +18,7 @@ import asyncio
 import signal
 import sys
 import time
+from typing import Any
 
 import orjson
 
@@ -60,10 +61,10 @@ class _Http(asyncio.Protocol):
     def __init__(self, stats: _Stats) -> None:
         self.stats = stats
         self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Any) -> None:
+        # uvloop's transports are not asyncio.Transport instances, hence Any.
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

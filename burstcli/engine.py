@@ -118,6 +118,10 @@ class Engine:
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
         """Ctrl-C / SIGTERM: stop dispatching; in-flight requests get the grace period."""
+        if self._stop == "interrupted":
+            # A second Ctrl-C: no more grace. Unrecorded requests are simply redone on resume.
+            for t in self._tasks:
+                t.cancel()
         if self._stop is None:
             self._stop = "interrupted"
             self._signal = signum
@@ -293,7 +297,7 @@ class Engine:
         cost = self.price(model, usage)
         return Result(
             request_id=req.id, line=req.line, status="completed", model=req.model,
-            model_used=str(data.get("model") or model) if model != req.model else model,
+            model_used=str(data.get("model") or model),  # the provider's word, e.g. a snapshot
             output=output, embedding=embedding,
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
             attempts=attempts, usage=usage, cost_usd=cost, metadata=req.metadata,
