@@ -200,7 +200,6 @@ class Engine:
 
     # -- one request, start to record -------------------------------------------------------
     async def _own(self, req: Request, held: float) -> None:
-        self.tally.in_flight += 1
         cost: float | None = None
         try:
             result = await self._process(req)
@@ -216,7 +215,6 @@ class Engine:
                     if t is not asyncio.current_task():
                         t.cancel()
         finally:
-            self.tally.in_flight -= 1
             self.limits.release()
             if self.budget is not None:
                 self.budget.settle(held, cost)
@@ -238,8 +236,12 @@ class Engine:
             retries = limited = 0
             while True:
                 await limits.pace(req.est_tokens)
+                if self._stop in ("interrupted", "fatal"):
+                    # Not sent yet: leave it unrecorded, a resume sends it.
+                    raise asyncio.CancelledError
                 attempts += 1
                 tally.attempts += 1
+                tally.in_flight += 1
                 try:
                     reply = await self.client.call(req.endpoint, model, req.body)
                     output, vectors = extract_output(req.endpoint, reply.data)
@@ -250,6 +252,7 @@ class Engine:
                                             status_code=200, retryable=True,
                                             maybe_billed=True)
                 except CallError as err:
+                    tally.in_flight -= 1
                     last = err
                     if err.maybe_billed:
                         unanswered += 1
@@ -269,6 +272,10 @@ class Engine:
                         tally.retries += 1
                         continue
                     break
+                except BaseException:
+                    tally.in_flight -= 1
+                    raise
+                tally.in_flight -= 1
                 usage = reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) \
                     else None
                 limits.on_success(reply.headers, req.est_tokens,

@@ -117,6 +117,8 @@ class Gate:
             except asyncio.CancelledError:
                 if fut in self._waiters:
                     self._waiters.remove(fut)
+                elif fut.done() and not fut.cancelled():
+                    self._wake()  # we were woken, then cancelled: pass the slot on
                 raise
         self.active += 1
 

@@ -28,6 +28,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from urllib.error import HTTPError
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -181,7 +182,9 @@ class Metrics:
         """
         try:
             push_to_gateway(url, job=job, registry=self.registry, timeout=PUSH_TIMEOUT)
-        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        except HTTPError as exc:
+            return f"cannot push metrics to {_redact_url(url)}: HTTP {exc.code} {exc.reason}"
+        except (OSError, ValueError) as exc:  # URLError (refused, DNS, timeout), a bad URL
             reason = getattr(exc, "reason", None) or exc
             return f"cannot push metrics to {_redact_url(url)}: {reason}"
         return None

@@ -113,10 +113,15 @@ class Reporter:
             assert isinstance(self._progress, Progress)
             t = self.tally
             total = t.total - t.skipped if t.total is not None else None
-            info = (f"{_rate(t.finished, elapsed) * 60:,.0f}/min  "
-                    f"{t.prompt_tokens + t.completion_tokens:,} tok  {_money(t.cost_usd)}  "
-                    f"[red]{t.failed} failed[/]  {t.in_flight} in flight  "
-                    f"rpm {snap.rpm or 0:,.0f} tpm {snap.tpm or 0:,.0f}  429s {t.rate_limited}")
+            info = (f"{_rate(t.finished, elapsed) * 60:,.0f}/min "
+                    f"{t.prompt_tokens + t.completion_tokens:,}tok {_money(t.cost_usd)} "
+                    f"[red]{t.failed} failed[/] {t.in_flight} busy")
+            if snap.rpm:
+                info += f" rpm≤{snap.rpm:,.0f}"
+            if snap.tpm:
+                info += f" tpm≤{snap.tpm:,.0f}"
+            if t.rate_limited:
+                info += f" [yellow]429s {t.rate_limited}[/]"
             self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
         elif self.mode == "plain":
             print(status_line(self.tally, snap, elapsed), file=self.stream, flush=True)

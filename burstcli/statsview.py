@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -30,9 +30,10 @@ def _ms(value: float | None) -> str:
 
 def _money(value: float | None) -> str:
     if value is None:
-        return "unknown"
-    if value < 0.01:
-        return f"${value:,.6f}"
+        return "no price"
+    # Six decimals below $1: single requests cost fractions of a cent.
+    if value < 1:
+        return f"${value:.6f}"
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
@@ -104,18 +105,19 @@ def _summary(stats: dict[str, Any]) -> Table:
         priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
     table.add_row("Cost", priced)
     if att["unanswered"]:
-        worst = _money(cost["worst_case"])
+        worst = (f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
+                 "attempts were billed")
         if cost["unpriced_unanswered"]:
-            worst += f" (+{cost['unpriced_unanswered']:,} attempts without a price)"
-        table.add_row("Worst-case cost",
-                      f"{worst}, if all {att['unanswered']:,} unanswered attempts were billed")
+            worst += f" (+{cost['unpriced_unanswered']:,} without a price)"
+        table.add_row("Worst-case cost", worst)
     return table
 
 
 def _latency(stats: dict[str, Any]) -> Table:
     lat = stats["latency_ms"]
-    table = Table(title=f"Latency of completed requests (n={lat['count']:,}, "
-                  f"{lat['method']} percentiles)", box=box.SIMPLE, title_justify="left")
+    table = Table(title=f"Latency (n={lat['count']:,} completed)", box=box.SIMPLE,
+                  title_justify="left", caption=f"percentiles by {lat['method']}",
+                  caption_justify="left")
     for col in ("p50", "p90", "p99", "max", "mean"):
         table.add_column(col, justify="right")
     table.add_row(*(_ms(lat[k]) for k in ("p50", "p90", "p99", "max", "mean")))
@@ -136,22 +138,25 @@ def _histogram(stats: dict[str, Any]) -> Table:
     return table
 
 
-def _timeline(stats: dict[str, Any]) -> Text | None:
+def _timeline(stats: dict[str, Any]) -> Group | None:
     tl = stats["timeline"]
     if not tl["counts"]:
         return None
-    text = Text("Requests over time  ", style="bold")
-    text.append(sparkline(tl["counts"]))
     peak = max(tl["counts"])
     if tl["bin_seconds"]:
-        text.append(f"  {len(tl['counts'])} bins of {_duration(tl['bin_seconds'])}, "
-                    f"peak {peak:,} per bin")
-        failed = sum(tl["failed"])
-        if failed:
-            text.append(f"; failures  {sparkline(tl['failed'])}")
+        title = (f"Requests over time ({len(tl['counts'])} bins of "
+                 f"{_duration(tl['bin_seconds'])}, peak {peak:,} per bin)")
     else:
-        text.append(f"  all {peak:,} finished at {tl['start']}")
-    return text
+        title = f"Requests over time (all {peak:,} finished at {tl['start']})"
+    # The title goes above the grid, not in it: a table title wraps at the table's width,
+    # which is only the sparkline's here.
+    table = Table(box=None, show_header=False, padding=(0, 2))
+    table.add_column("series", style="bold")
+    table.add_column("sparkline", no_wrap=True)
+    table.add_row("finished", sparkline(tl["counts"]))
+    if sum(tl["failed"]):
+        table.add_row("failed", sparkline(tl["failed"]))
+    return Group(Text(title, style="italic"), table)
 
 
 def _models(stats: dict[str, Any]) -> Table:
@@ -190,6 +195,7 @@ def render(stats: dict[str, Any], console: Console) -> None:
         return
     console.print(_summary(stats))
     console.print(_latency(stats))
+    console.print()
     if stats["latency_ms"]["count"]:
         console.print(_histogram(stats))
     timeline = _timeline(stats)

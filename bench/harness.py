@@ -1,0 +1,274 @@
+"""Plumbing shared by the scenarios: servers as child processes, burstq runs, data files.
+
+Every burstq run is a fresh child process started from the console script, timed from just
+before spawn to its exit, and reaped with os.wait4 so its own peak RSS comes back with it
+(no /usr/bin/time needed, and no mixing with other children as RUSAGE_CHILDREN would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def burstq_cmd() -> list[str]:
+    """The installed console script next to this interpreter (what users run)."""
+    script = Path(PYTHON).parent / "burstq"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("burstq")
+    return [found] if found else [PYTHON, "-m", "burstcli.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment minus anything that would steer burstq (a real key, BURSTQ_* options)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BURSTQ_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    @property
+    def root(self) -> str:
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.root + "/mock/stats", timeout=30) as resp:
+            data: dict[str, Any] = orjson.loads(resp.read())
+        # Per-prompt maps can hold a million keys; the bench only needs their size.
+        for key in ("completed_by_prompt", "attempts_by_prompt"):
+            if isinstance(data.get(key), dict):
+                data[key + "_n"] = len(data[key])
+                data[key + "_max"] = max(data[key].values(), default=0)
+                del data[key]
+        return data
+
+    def reset(self) -> None:
+        req = urllib.request.Request(self.root + "/mock/reset", data=b"", method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=30).read()
+        except OSError:
+            pass  # the fast server has no reset: start a new one instead
+
+
+def _start_server(cmd: list[str], workdir: Path, name: str) -> Server:
+    log = workdir / f"{name}.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=clean_env(),
+                            cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if "listening on " in line:
+                return Server(proc, line.rsplit("listening on ", 1)[1].strip(), log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+@contextmanager
+def mock_server(workdir: Path, *, latency: float = 0.0, rpm: int | None = None,
+                tpm: int | None = None) -> Iterator[Server]:
+    """The project's own mock server (`burstq mock-server`), in its own process."""
+    cmd = [*burstq_cmd(), "mock-server", "--port", "0", "--latency", str(latency)]
+    if rpm:
+        cmd += ["--rpm", str(rpm)]
+    if tpm:
+        cmd += ["--tpm", str(tpm)]
+    srv = _start_server(cmd, workdir, f"mock-l{latency}-r{rpm}")
+    try:
+        yield srv
+    finally:
+        _stop(srv.proc)
+
+
+@contextmanager
+def fast_server(workdir: Path) -> Iterator[Server]:
+    """bench/fastserver.py: a canned-answer server that costs next to nothing per request."""
+    srv = _start_server([PYTHON, "-m", "bench.fastserver", "--port", "0"], workdir, "fast")
+    try:
+        yield srv
+    finally:
+        _stop(srv.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- child processes --------------------------------------------------------------------------
+
+@dataclass
+class ChildRun:
+    argv: list[str]
+    returncode: int
+    wall: float  # seconds, spawn to exit
+    maxrss_mb: float  # peak resident set of the child, from wait4
+    started: float  # time.monotonic() just before spawn (same clock as the mock's stats)
+    stdout: bytes = b""
+    stderr: bytes = b""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_child(argv: Sequence[str], *, timeout: float = 1800, stdout_to: Path | None = None
+              ) -> ChildRun:
+    """Run argv to completion; wall time and the child's own peak RSS (os.wait4)."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+        sink = stdout_to.open("wb") if stdout_to else out
+        try:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(list(argv), stdout=sink, stderr=err, env=clean_env(),
+                                    cwd=ROOT)
+            deadline = t0 + timeout
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.002)
+            wall = time.monotonic() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if stdout_to:
+                sink.close()
+        err.seek(0)
+        out.seek(0)
+        return ChildRun(list(argv), proc.returncode, wall, usage.ru_maxrss / 1024, t0,
+                        out.read(), err.read())
+
+
+def burstq_run(inp: Path, out: Path, server: Server, *extra: str, quiet: bool = False,
+               timeout: float = 1800) -> ChildRun:
+    """`burstq run INPUT -o OUTPUT` against `server`, as a user would type it."""
+    argv = [*burstq_cmd(), "run", str(inp), "-o", str(out), "--base-url", server.base_url,
+            "--api-key", "sk-bench-not-a-key"]
+    argv += ["--quiet"] if quiet else ["--progress", "quiet"]
+    return run_child([*argv, *extra], timeout=timeout)
+
+
+def median_wall(argv: Sequence[str], repeat: int) -> tuple[float, list[float]]:
+    walls = [run_child(argv).wall for _ in range(repeat)]
+    return statistics.median(walls), walls
+
+
+def summary_line(run: ChildRun) -> str:
+    for line in run.stderr.decode(errors="replace").splitlines():
+        if line.startswith("burstq:") and "completed" in line:
+            return line
+    return ""
+
+
+def tail(run: ChildRun, n: int = 600) -> str:
+    return run.stderr.decode(errors="replace")[-n:]
+
+
+# -- data files -------------------------------------------------------------------------------
+
+def write_input(path: Path, n: int) -> Path:
+    """n native chat requests with distinct ids and short prompts (the per-request cost is
+    what the bench is after, not prompt size)."""
+    chunk = 50_000
+    with path.open("wb") as f:
+        for start in range(0, n, chunk):
+            f.write("".join(f'{{"id": "r{i}", "input": "say {i}"}}\n'
+                            for i in range(start, min(n, start + chunk))).encode())
+    return path
+
+
+_RECORD = ('{{"request_id":"r{i}","line":{line},"status":"completed","output":"echo: say {i}",'
+           '"model":"gpt-4o-mini","model_used":"gpt-4o-mini","latency_ms":201.3,"attempts":1,'
+           '"usage":{{"prompt_tokens":6,"completion_tokens":3,"total_tokens":9}},'
+           '"tokens_used":9,"cost_usd":2.7e-06,"error":null,"metadata":null,'
+           '"finished_at":"2026-11-27T10:00:00.123Z"}}\n')
+
+
+def write_done_output(inp: Path, out: Path, n_done: int) -> None:
+    """Pretend an earlier `burstq run inp -o out` finished the first n_done lines.
+
+    Records have the shape burstq writes; the sidecar is written by burstq's own
+    journal.write_sidecar with the fingerprint runner._execute builds (input as given,
+    input_sha256, runner.shaping of the default options), so the rerun accepts it as its own.
+    """
+    from burstcli.journal import write_sidecar
+    from burstcli.reader import file_digest
+    from burstcli.runner import RunConfig, shaping
+
+    chunk = 50_000
+    with out.open("wb") as f:
+        for start in range(0, n_done, chunk):
+            f.write("".join(_RECORD.format(i=i, line=i + 1)
+                            for i in range(start, min(n_done, start + chunk))).encode())
+    fingerprint = {"input": str(inp), "shaping": shaping(RunConfig(str(inp), str(out))),
+                   "input_sha256": file_digest(inp)}
+    write_sidecar(out, fingerprint)
+
+
+def count_records(path: Path) -> tuple[int, int]:
+    """(records, completed) in an output file."""
+    n = ok = 0
+    with path.open("rb") as f:
+        for raw in f:
+            n += 1
+            if b'"status":"completed"' in raw:
+                ok += 1
+    return n, ok
+
+
+def finished_span(path: Path, skip: int = 0) -> float | None:
+    """Seconds between the first and last finished_at of records after `skip` lines."""
+    from datetime import datetime
+
+    first = last = None
+    with path.open("rb") as f:
+        for n, raw in enumerate(f):
+            if n < skip:
+                continue
+            at = raw.rfind(b'"finished_at":"')
+            if at < 0:
+                continue
+            stamp = raw[at + 15: raw.index(b'"', at + 15)].decode()
+            t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            first = t if first is None else min(first, t)
+            last = t if last is None else max(last, t)
+    return None if first is None or last is None else last - first
+
+
+def dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
