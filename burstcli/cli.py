@@ -135,6 +135,9 @@ def run(
         envvar=_env("progress"),
         help="auto (rich on a terminal, a status line every few seconds otherwise), rich, "
         "plain or quiet.")] = "auto",
+    pushgateway: Annotated[str | None, typer.Option(
+        envvar=_env("pushgateway"),
+        help="Prometheus Pushgateway URL to push the run's metrics to at the end.")] = None,
     status_every: Annotated[float, typer.Option(
         envvar=_env("status_every"), min=0.01,
         help="Seconds between plain status lines (when stderr is not a terminal).")] = 5.0,
@@ -189,7 +192,7 @@ def run(
         budget_max_tokens=budget_max_tokens, prices=prices, retry_failed=retry_failed,
         restart=restart, simulate=simulate, quiet=quiet, progress=progress,
         status_every=status_every,
-        metrics_file=metrics_file, fsync=fsync, grace=grace,
+        metrics_file=metrics_file, pushgateway=pushgateway, fsync=fsync, grace=grace,
         max_output_chars=max_output_chars, backoff_base=backoff_base)
     report = execute(cfg)
     outcome = report.outcome
@@ -338,6 +341,35 @@ def _render_estimate(est: dict[str, Any]) -> None:
                       f"{est['binding_limit']} ({bounds})")
     else:
         console.print("minimum duration: give --rpm, --tpm or --concurrency to bound it")
+
+
+@app.command()
+@_boundary
+def stats(
+    output: Annotated[list[Path], typer.Argument(
+        help="Output files of `burstq run` (JSONL); a file still being written is fine.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on "
+                                          "stdout.")] = False,
+) -> None:
+    """Latency, tokens, cost, errors and throughput of one or more output files.
+
+    Example:
+
+        burstq stats responses.jsonl
+
+        burstq stats day1.jsonl day2.jsonl --json | jq .latency_ms
+    """
+    import orjson
+
+    from .stats import compute
+    from .statsview import render
+
+    figures = compute(output)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        render(figures, _console())
 
 
 @app.command("mock-server")

@@ -239,6 +239,8 @@ class Engine:
                 if self._stop in ("interrupted", "fatal"):
                     # Not sent yet: leave it unrecorded, a resume sends it.
                     raise asyncio.CancelledError
+                if attempts == 0:
+                    started = asyncio.get_running_loop().time()  # latency excludes our queue
                 attempts += 1
                 tally.attempts += 1
                 tally.in_flight += 1

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -132,32 +132,37 @@ def open_for_resume(output: Path, fingerprint: dict[str, Any], *, restart: bool 
     return state
 
 
+def _last_newline_before(f: IO[bytes], pos: int) -> int:
+    """Offset of the last b"\\n" strictly before `pos`, or -1; reads backwards in chunks."""
+    chunk = 1 << 16
+    while pos > 0:
+        lo = max(0, pos - chunk)
+        f.seek(lo)
+        i = f.read(pos - lo).rfind(b"\n")
+        if i >= 0:
+            return lo + i
+        pos = lo
+    return -1
+
+
 def _repair_tail(output: Path) -> int:
     """Cut a torn last line (no newline, or not valid JSON) left by a hard kill."""
     size = output.stat().st_size
     with output.open("rb+") as f:
-        back = min(size, 1 << 16)
-        while True:
-            f.seek(size - back)
-            tail = f.read(back)
-            cut = tail.rfind(b"\n")
-            if cut >= 0 or back == size:
-                break
-            back = min(size, back * 4)
-        keep = size - back + cut + 1 if cut >= 0 else 0
-        if keep < size:
-            f.truncate(keep)
-            return size - keep
-        # The last line is complete; it may still be invalid JSON (killed mid-write of a batch
-        # whose bytes reached the disk out of order after power loss): check it.
-        start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
-        last = tail[start:]
-        try:
-            orjson.loads(last)
-        except orjson.JSONDecodeError:
-            f.truncate(size - len(last))
-            return len(last)
-    return 0
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            keep = _last_newline_before(f, size) + 1
+        else:
+            # Complete, but after a power loss its bytes may not all be there: parse it.
+            start = _last_newline_before(f, size - 1) + 1
+            f.seek(start)
+            try:
+                orjson.loads(f.read(size - start))
+                return 0
+            except orjson.JSONDecodeError:
+                keep = start
+        f.truncate(keep)
+        return size - keep
 
 
 def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:

@@ -11,10 +11,11 @@ out of the file. Two feeds fill it:
   price: the cost counter understates by these) and `ai_request_errors_total{model,type}`.
 - `update(tally, snapshot)` copies the run's live figures: `ai_active_requests`,
   `ai_retries_total`, `ai_rate_limited_total`, `ai_possibly_billed_attempts_total` (attempts
-  sent whose answer was lost), `burstq_requests_pending` (not yet started; NaN while the input
-  size is unknown, as from stdin), `burstq_rpm_limit` / `burstq_tpm_limit` (the ceilings, given
-  or learned from headers; NaN while unknown), `burstq_rpm_pace` / `burstq_tpm_pace` (the pace
-  in use, below a ceiling after 429s) and `burstq_concurrency_limit`.
+  sent whose answer was lost), `burstq_requests_pending` (neither finished nor on the wire:
+  queued, pacing or backing off; NaN while the input size is unknown, as from stdin),
+  `burstq_rpm_limit` / `burstq_tpm_limit` (the ceilings, given or learned from headers; NaN
+  while unknown), `burstq_rpm_pace` / `burstq_tpm_pace` (the pace in use, below a ceiling
+  after 429s) and `burstq_concurrency_limit`.
 
 Labels are only model names, statuses, token kinds and burstq's own error taxonomy: never an
 API key, a prompt, an output or a request id, which would leak data and explode cardinality.
@@ -96,7 +97,7 @@ class Metrics:
             "ai_possibly_billed_attempts",
             "Attempts sent whose answer was lost (timeout, reset): maybe billed.", registry=r)
         self.pending = Gauge("burstq_requests_pending",
-                             "Requests not started yet (NaN while the input size is unknown).",
+                             "Requests neither finished nor on the wire (NaN: input size unknown).",
                              registry=r)
         self.rpm_limit = Gauge("burstq_rpm_limit", "Requests/minute ceiling (NaN: unknown).",
                                registry=r)

@@ -51,6 +51,7 @@ class RunConfig:
     progress: str = "auto"  # auto | rich | plain | quiet
     status_every: float = 5.0  # seconds between plain status lines
     metrics_file: Path | None = None
+    pushgateway: str | None = None
     fsync: bool = False
     grace: float = 10.0
     max_output_chars: int = 50_000
@@ -168,6 +169,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
             engine = Engine(client=client, limits=limits, journal=journal, config=config,
                             price=prices.cost, budget=budget, tally=tally)
             items = _source(cfg, in_path, done, tally)
+            metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, engine.request_stop, int(sig))
             if on_ready is not None:
@@ -179,6 +181,13 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
                 await reporter.stop()
+                if metrics_task is not None:
+                    metrics_task.cancel()  # it writes the final figures as it stops
+                    await asyncio.gather(metrics_task, return_exceptions=True)
+            if metrics is not None and cfg.pushgateway:
+                metrics.update(tally, limits.snapshot())
+                if msg := await asyncio.to_thread(metrics.push, cfg.pushgateway):
+                    warn(msg)
     finally:
         journal.close()
         if simulate_server is not None:
@@ -186,6 +195,26 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     elapsed = time.monotonic() - started
     return RunReport(outcome, elapsed, reporter.summary(elapsed),
                      budget.spent if budget is not None else None)
+
+
+def _metrics(cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits,
+             warn: Callable[[str], None]) -> tuple[Any, asyncio.Task[None] | None]:
+    if not (cfg.metrics_file or cfg.pushgateway):
+        return None, None
+    from .metrics import Metrics
+
+    metrics = Metrics()
+    engine.listeners.append(metrics.observe)
+    if not cfg.metrics_file:
+        return metrics, None
+    try:
+        metrics.update(tally, limits.snapshot())
+        metrics.write(cfg.metrics_file)  # fail before anything is sent
+    except OSError as exc:
+        raise UsageError(f"cannot write {cfg.metrics_file}: {exc.strerror or exc}") from exc
+    task = asyncio.create_task(metrics.run_periodic(cfg.metrics_file, tally, limits.snapshot,
+                                                    warn=warn))
+    return metrics, task
 
 
 def _source(cfg: RunConfig, in_path: Path | None, done: Done | None, tally: Tally

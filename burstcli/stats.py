@@ -42,12 +42,13 @@ or remove them.
         "wall_seconds": 240.333,     # last - first; null with fewer than two distinct times
         "throughput_per_min": 29.96  # records with a finished_at / wall minutes; null likewise
       },
-      "histogram": {"unit": "ms", "buckets": [     # completed latencies, lo < x <= hi
+      "histogram": {"unit": "ms", "buckets": [  # completed latencies, lo < x <= hi (0 in 1st)
         {"lo": 0, "hi": 100, "count": 3}, ..., {"lo": 120000, "hi": null, "count": 0}]},
       "timeline": {                  # records finishing per bin, for a sparkline
         "start": "2026-11-27T10:00:00.123Z", "bin_seconds": 12.0167,
         "counts": [5, 7, ...], "failed": [0, 1, ...]
-      }                              # TIMELINE_BINS bins; one bin (bin_seconds 0) without a wall
+      }    # TIMELINE_BINS (20) bins over the wall time; a single bin (bin_seconds 0) when there
+           # is no wall time; no bins ("counts": [], "start": null) without any finished_at
     }
 
 Percentiles use the nearest-rank method: with the n values sorted ascending, the p-th
@@ -123,9 +124,7 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
+def _timestamp(value: str) -> float | None:
     try:
         dt = datetime.fromisoformat(value)  # 3.11 accepts the trailing "Z" burstq writes
     except ValueError:
@@ -253,9 +252,8 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             errors[key] = errors.get(key, 0) + 1
 
         raw = rec.get("finished_at")
-        ts = _timestamp(raw)
-        if ts is not None:
-            assert isinstance(raw, str)
+        ts = _timestamp(raw) if isinstance(raw, str) else None
+        if ts is not None and isinstance(raw, str):
             times.append((ts, st == "failed"))
             if first is None or ts < first[0]:
                 first = (ts, raw)
