@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,18 @@ import orjson
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
+SRC: Path | None = None  # --burstcli DIR: measure the package in DIR, not the installed one
+
+
+def use_source(path: Path) -> None:
+    """Measure the burstcli/ found in `path` (e.g. a `git archive` snapshot of a commit while
+    the working tree is being edited): children get it first on PYTHONPATH, and so does this
+    process, which imports burstcli to write resume sidecars."""
+    global SRC
+    SRC = path.resolve()
+    if not (SRC / "burstcli" / "__init__.py").is_file():
+        raise SystemExit(f"--burstcli: no burstcli/ package in {SRC}")
+    sys.path.insert(0, str(SRC))
 
 
 def burstq_cmd() -> list[str]:
@@ -42,6 +55,8 @@ def clean_env() -> dict[str, str]:
     """The environment minus anything that would steer burstq (a real key, BURSTQ_* options)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BURSTQ_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    if SRC is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     return env
 
 
@@ -91,7 +106,8 @@ def _start_server(cmd: list[str], workdir: Path, name: str) -> Server:
             break
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')[-2000:]}")
+    last = log.read_text(errors="replace").strip().splitlines()[-3:]
+    raise RuntimeError(f"{name} did not start: {' / '.join(last)}")
 
 
 @contextmanager
@@ -153,16 +169,12 @@ def run_child(argv: Sequence[str], *, timeout: float = 1800, stdout_to: Path | N
             t0 = time.monotonic()
             proc = subprocess.Popen(list(argv), stdout=sink, stderr=err, env=clean_env(),
                                     cwd=ROOT)
-            deadline = t0 + timeout
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.002)
+            killer = threading.Timer(timeout, proc.kill)
+            killer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                killer.cancel()
             wall = time.monotonic() - t0
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:

@@ -1,0 +1,344 @@
+"""The six scenarios of issue 7, each measured against a baseline taken in the same run.
+
+A scenario is a function `(ctx) -> None` that calls `ctx.add(Figure(...))` for every figure it
+measures; `SCENARIOS` maps the names `--only` accepts to them, in issue order. Sizes come from
+`Sizes` (full or `--quick`), so the CI run exercises exactly the code the full run does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import harness as h
+
+
+@dataclass
+class Sizes:
+    rpm: int  # scenario 1: the server's ceiling R (requests/minute, 1 s quanta)
+    rpm_requests: int  # ... and how many requests (R/60 per second -> duration)
+    overhead_requests: int
+    overhead_concurrency: tuple[int, ...]
+    overhead_fast_server: bool
+    sdk_requests: int
+    latency_requests: int  # scenario 3: at 200 in flight and 1 s each, 200 per second
+    memory_big: int  # scenario 4: lines in the big input (all but memory_sent already done)
+    memory_sent: int  # requests actually sent in each memory run
+    memory_fresh_big: int  # a fresh run this size vs memory_sent, to see per-request growth
+    startup_repeat: int
+    resume_lines: int  # scenario 6: lines, 90 % of them done
+
+
+FULL = Sizes(rpm=6000, rpm_requests=6000, overhead_requests=30_000,
+             overhead_concurrency=(64, 256), overhead_fast_server=True, sdk_requests=3000,
+             latency_requests=12_000, memory_big=1_000_000, memory_sent=10_000,
+             memory_fresh_big=100_000, startup_repeat=9, resume_lines=1_000_000)
+QUICK = Sizes(rpm=6000, rpm_requests=1000, overhead_requests=10_000,
+              overhead_concurrency=(128,), overhead_fast_server=False, sdk_requests=500,
+              latency_requests=2000, memory_big=100_000, memory_sent=10_000,
+              memory_fresh_big=0, startup_repeat=5, resume_lines=100_000)
+
+
+@dataclass
+class Figure:
+    scenario: str
+    name: str
+    value: float | None
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+    target: str = ""
+    met: bool | None = None  # None: informational, no target
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+
+class BenchError(Exception):
+    """A run that did not do its job (bad exit, missing records): its timing means nothing."""
+
+
+@dataclass
+class Context:
+    sizes: Sizes
+    quick: bool
+    workdir: Path
+    report: Callable[[Figure], None]
+    figures: list[Figure] = field(default_factory=list)
+    _inputs: dict[int, Path] = field(default_factory=dict)
+
+    def add(self, fig: Figure) -> None:
+        self.figures.append(fig)
+        self.report(fig)
+
+    def log(self, msg: str) -> None:
+        print(f"  . {msg}", flush=True)
+
+    def input_file(self, n: int) -> Path:
+        """An n-line request file, written once per bench run and shared by scenarios."""
+        if n not in self._inputs:
+            self._inputs[n] = h.write_input(self.workdir / f"in-{n}.jsonl", n)
+        return self._inputs[n]
+
+    def fresh_output(self, name: str) -> Path:
+        out = self.workdir / name
+        for p in (out, out.with_name(out.name + ".burstq.json")):
+            p.unlink(missing_ok=True)
+        return out
+
+
+def _check(run: h.ChildRun, out: Path | None, expect_records: int | None, what: str) -> None:
+    if run.returncode != 0:
+        raise BenchError(f"{what}: burstq exited {run.returncode}: {h.tail(run)}")
+    if out is not None and expect_records is not None:
+        n, ok = h.count_records(out)
+        if n != expect_records or ok != expect_records:
+            raise BenchError(f"{what}: {n} records ({ok} completed) in {out}, expected "
+                             f"{expect_records} completed")
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
+# -- 1. rate-limit efficiency -------------------------------------------------------------------
+
+def ratelimit(ctx: Context) -> None:
+    s = ctx.sizes
+    r, n = s.rpm, s.rpm_requests
+    inp = ctx.input_file(n)
+    ctx.log(f"mock server: rpm {r} in 1 s quanta, latency 0.2 s; {n} requests "
+            f"(~{n / (r / 60):.0f} s at R)")
+    for told in (True, False):
+        label = f"--rpm {r}" if told else "no limit flags"
+        with h.mock_server(ctx.workdir, latency=0.2, rpm=r) as srv:
+            out = ctx.fresh_output(f"out-ratelimit-{'told' if told else 'untold'}.jsonl")
+            extra = ["--rpm", str(r)] if told else []
+            run = h.burstq_run(inp, out, srv, *extra)
+            _check(run, out, n, f"scenario 1 ({label})")
+            st = srv.stats()
+        ok = st["by_status"].get("200", 0)
+        limited = st["rate_limited"]
+        wall_rpm = ok / run.wall * 60
+        span = (st["last_response_at"] or 0) - (st["first_request_at"] or 0)
+        span_rpm = ok / span * 60 if span > 0 else 0.0
+        share = limited / max(1, st["requests_total"])
+        want_rate, want_429 = (0.97, "0") if told else (0.90, "< 2 %")
+        details = {"wall_s": run.wall, "server_span_s": span, "server_span_rpm": span_rpm,
+                   "requests_total": st["requests_total"], "rate_limited": limited,
+                   "by_status": st["by_status"], "summary": h.summary_line(run)}
+        ctx.add(Figure("1 rate limit", f"{label}: achieved rate (start to exit)", wall_rpm,
+                       "req/min", f"R = {r} req/min", r, f">= {want_rate:.0%} of R",
+                       wall_rpm >= want_rate * r,
+                       f"server-side span {span:.1f} s -> {span_rpm:,.0f} req/min "
+                       f"({span_rpm / r:.1%})", details))
+        met_429 = limited == 0 if told else share < 0.02
+        ctx.add(Figure("1 rate limit", f"{label}: 429 answers", limited, "429s",
+                       "requests received", st["requests_total"],
+                       f"{want_429} of requests", met_429, f"{_pct(share)} of requests"))
+
+
+# -- 2. overhead --------------------------------------------------------------------------------
+
+def _raw(srv: h.Server, n: int, conc: int, sdk: bool = False) -> dict[str, Any]:
+    argv = [h.PYTHON, "-m", "bench.rawclient", srv.base_url, "-n", str(n), "-c", str(conc)]
+    run = h.run_child([*argv, "--sdk"] if sdk else argv)
+    if run.returncode != 0:
+        raise BenchError(f"baseline client failed ({run.returncode}): {h.tail(run)}")
+    res: dict[str, Any] = orjson.loads(run.stdout)
+    if res["ok"] != n:
+        raise BenchError(f"baseline client: {res['ok']}/{n} answers ok")
+    res["wall_s"] = run.wall
+    return res
+
+
+def overhead(ctx: Context) -> None:
+    s = ctx.sizes
+    n = s.overhead_requests
+    inp = ctx.input_file(n)
+    servers: list[tuple[str, Callable[..., Any]]] = [
+        ("mock server", lambda: h.mock_server(ctx.workdir))]
+    if s.overhead_fast_server:
+        servers.append(("fast server", lambda: h.fast_server(ctx.workdir)))
+    for sname, start in servers:
+        for conc in s.overhead_concurrency:
+            # A fresh server per pair, raw client first: both see the same cold server.
+            with start() as srv:
+                raw = _raw(srv, n, conc)
+            with start() as srv:
+                out = ctx.fresh_output(f"out-overhead-{conc}.jsonl")
+                run = h.burstq_run(inp, out, srv, "--concurrency", str(conc), quiet=True)
+                _check(run, out, n, f"scenario 2 (c={conc})")
+                st = srv.stats()
+            rate = n / run.wall
+            span = h.finished_span(out)
+            steady = n / span if span else None
+            ctx.add(Figure(
+                "2 overhead", f"burstq end to end, c={conc}, {sname}", rate, "req/s",
+                "raw aiohttp client", raw["rps"], ">= 50 % of raw", rate >= 0.5 * raw["rps"],
+                f"{n} requests in {run.wall:.2f} s incl. start-up and files; "
+                f"steady state (first to last record) "
+                f"{'%.0f req/s' % steady if steady else 'n/a'}",
+                {"burstq_wall_s": run.wall, "burstq_maxrss_mb": run.maxrss_mb,
+                 "steady_rps": steady, "raw": raw, "server_requests": st["requests_total"]}))
+    if s.sdk_requests:
+        conc = s.overhead_concurrency[0]
+        with h.mock_server(ctx.workdir) as srv:
+            raw = _raw(srv, s.sdk_requests * 4, conc)
+        with h.mock_server(ctx.workdir) as srv:
+            sdk = _raw(srv, s.sdk_requests, conc, sdk=True)
+        ctx.add(Figure("2 overhead", f"openai SDK AsyncOpenAI, c={conc} (reference)",
+                       sdk["rps"], "req/s", "raw aiohttp client", raw["rps"], "", None,
+                       f"{sdk['client']}, default httpx transport", {"sdk": sdk, "raw": raw}))
+
+
+# -- 3. latency-bound ---------------------------------------------------------------------------
+
+def latency(ctx: Context) -> None:
+    n = ctx.sizes.latency_requests
+    inp = ctx.input_file(n)
+    with h.mock_server(ctx.workdir, latency=1.0) as srv:
+        out = ctx.fresh_output("out-latency.jsonl")
+        run = h.burstq_run(inp, out, srv, "--concurrency", "200")
+        _check(run, out, n, "scenario 3")
+        st = srv.stats()
+    rate = n / run.wall
+    span = (st["last_response_at"] or 0) - (st["first_request_at"] or 0)
+    per_s = st.get("arrivals_per_second") or []
+    # When did the run first send at (nearly) the full 200/s? Slow start shows up here.
+    full_at = next((i for i, k in enumerate(per_s) if k >= 190), None)
+    ctx.add(Figure(
+        "3 latency-bound", "1 s latency, --concurrency 200: throughput (start to exit)", rate,
+        "req/s", "Little's law: 200 in flight / 1 s", 200.0, ">= 95 %", rate >= 0.95 * 200,
+        f"{n} requests in {run.wall:.1f} s; server span {span:.1f} s -> "
+        f"{n / span if span > 0 else 0:.0f} req/s; peak in flight {st['peak_in_flight']}; "
+        f"arrivals first reached 190/s in second {full_at}",
+        {"wall_s": run.wall, "server_span_s": span, "peak_in_flight": st["peak_in_flight"],
+         "arrivals_per_second_first_15": per_s[:15], "summary": h.summary_line(run)}))
+
+
+# -- 4. memory ----------------------------------------------------------------------------------
+
+def memory(ctx: Context) -> None:
+    s = ctx.sizes
+    sent, big = s.memory_sent, s.memory_big
+    small_in = ctx.input_file(sent)
+    big_in = ctx.input_file(big)
+    ctx.log(f"{big:,}-line input with {big - sent:,} lines already done (output + sidecar "
+            f"written by the bench), so both runs send {sent:,} requests")
+    with h.mock_server(ctx.workdir) as srv:
+        out_small = ctx.fresh_output("out-mem-small.jsonl")
+        small = h.burstq_run(small_in, out_small, srv)
+        _check(small, out_small, sent, "scenario 4 (small)")
+        srv.reset()
+        out_big = ctx.fresh_output("out-mem-big.jsonl")
+        h.write_done_output(big_in, out_big, big - sent)
+        large = h.burstq_run(big_in, out_big, srv)
+        _check(large, out_big, big, "scenario 4 (big)")
+        st = srv.stats()
+        if st["requests_total"] != sent:
+            raise BenchError(f"scenario 4: resume sent {st['requests_total']} requests, "
+                             f"expected {sent}")
+        fresh = None
+        if s.memory_fresh_big:
+            srv.reset()
+            out_fresh = ctx.fresh_output("out-mem-fresh.jsonl")
+            fresh = h.burstq_run(ctx.input_file(s.memory_fresh_big), out_fresh, srv)
+            _check(fresh, out_fresh, s.memory_fresh_big, "scenario 4 (fresh)")
+    ctx.add(Figure(
+        "4 memory", f"peak RSS, {big:,}-line input ({big - sent:,} done, {sent:,} sent)",
+        large.maxrss_mb, "MB", f"{sent:,}-line input, all sent", small.maxrss_mb,
+        "<= 120 % of baseline", large.maxrss_mb <= 1.2 * small.maxrss_mb,
+        f"both runs send {sent:,} requests; the big one also hashes, scans and skips "
+        f"{big - sent:,} done lines",
+        {"big_wall_s": large.wall, "small_wall_s": small.wall}))
+    if fresh is not None:
+        n = s.memory_fresh_big
+        ctx.add(Figure(
+            "4 memory", f"peak RSS, fresh {n:,}-line run (all sent)", fresh.maxrss_mb, "MB",
+            f"{sent:,}-line input, all sent", small.maxrss_mb, "<= 120 % (per-request growth)",
+            fresh.maxrss_mb <= 1.2 * small.maxrss_mb,
+            f"{n:,} requests through the mock in {fresh.wall:.1f} s: growth here is per "
+            "request sent, not per input line", {"wall_s": fresh.wall}))
+
+
+# -- 5. start-up --------------------------------------------------------------------------------
+
+def startup(ctx: Context) -> None:
+    k = ctx.sizes.startup_repeat
+    h.run_child([*h.burstq_cmd(), "--help"])  # warm the page cache and __pycache__
+    base, base_all = h.median_wall([h.PYTHON, "-c", "pass"], k)
+    helpt, help_all = h.median_wall([*h.burstq_cmd(), "--help"], k)
+    runt, run_all = h.median_wall([*h.burstq_cmd(), "run", "--help"], k)
+    ctx.add(Figure("5 start-up", f"burstq --help (median of {k})", helpt, "s",
+                   "python -c pass", base, "< 0.3 s", helpt < 0.3,
+                   f"runs {min(help_all):.3f}..{max(help_all):.3f} s",
+                   {"burstq_help": help_all, "python_pass": base_all}))
+    ctx.add(Figure("5 start-up", f"burstq run --help (median of {k})", runt, "s",
+                   "python -c pass", base, "< 0.3 s", runt < 0.3,
+                   f"runs {min(run_all):.3f}..{max(run_all):.3f} s", {"runs": run_all}))
+
+
+# -- 6. resume ----------------------------------------------------------------------------------
+
+_READ_PASS = """
+import sys, time
+t = time.perf_counter()
+n = 0
+for p in sys.argv[1:]:
+    with open(p, 'rb') as f:
+        for _ in f:
+            n += 1
+print(n, time.perf_counter() - t)
+"""
+
+
+def resume(ctx: Context) -> None:
+    total = ctx.sizes.resume_lines
+    done = total * 9 // 10
+    inp = ctx.input_file(total)
+    out = ctx.fresh_output("out-resume.jsonl")
+    h.write_done_output(inp, out, done)
+    ctx.log(f"{total:,}-line input, {done:,} records already in OUTPUT "
+            f"({out.stat().st_size / 1e6:.0f} MB)")
+    read = h.run_child([h.PYTHON, "-c", _READ_PASS, str(inp), str(out)])
+    with h.mock_server(ctx.workdir) as srv:
+        run = h.burstq_run(inp, out, srv)
+        _check(run, out, total, "scenario 6")
+        st = srv.stats()
+    if st["requests_total"] != total - done:
+        raise BenchError(f"scenario 6: {st['requests_total']} requests sent, expected "
+                         f"{total - done} (finished ones re-sent?)")
+    first = (st["first_request_at"] or run.started) - run.started
+    ctx.add(Figure(
+        "6 resume", f"{total:,} lines, 90 % done: start to first request sent", first, "s",
+        "python: read INPUT + OUTPUT line by line", read.wall, "seconds (< 10 s)",
+        first < 10.0,
+        f"whole rerun ({total - done:,} requests sent, none re-sent) {run.wall:.1f} s; "
+        f"peak RSS {run.maxrss_mb:.0f} MB",
+        {"rerun_wall_s": run.wall, "rerun_maxrss_mb": run.maxrss_mb,
+         "sent": st["requests_total"], "read_pass": read.stdout.decode().strip()}))
+
+
+SCENARIOS: dict[str, Callable[[Context], None]] = {
+    "ratelimit": ratelimit,
+    "overhead": overhead,
+    "latency": latency,
+    "memory": memory,
+    "startup": startup,
+    "resume": resume,
+}
