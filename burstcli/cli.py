@@ -385,6 +385,8 @@ def mock_server(
     fault_rate: Annotated[float, typer.Option(
         min=0, max=1, help="Fraction of requests answered with a random fault (5xx, timeout, "
         "reset, malformed or empty body).")] = 0.0,
+    hang_seconds: Annotated[float, typer.Option(
+        min=0, help="How long a 'timeout' fault hangs before answering 504.")] = 30.0,
     api_key: Annotated[list[str] | None, typer.Option(
         "--api-key", help="Accept only these keys (401 otherwise). Repeatable.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for faults and jitter.")] = None,
@@ -400,7 +402,7 @@ def mock_server(
     from .mock_server import MockConfig, serve
 
     serve(MockConfig(latency=latency, latency_jitter=jitter, rpm=rpm, tpm=tpm,
-                     fault_rate=fault_rate, seed=seed,
+                     fault_rate=fault_rate, seed=seed, hang_seconds=hang_seconds,
                      api_keys=frozenset(api_key) if api_key else None), host=host, port=port)
 
 

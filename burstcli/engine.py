@@ -299,7 +299,7 @@ class Engine:
                    unanswered: int, started: float, data: dict[str, Any]) -> Result:
         truncated = False
         if output is not None and len(output) > self.config.max_output_chars:
-            output, truncated = output[: self.config.max_output_chars], True
+            output, truncated = output[: self.config.max_output_chars].rstrip(), True
         embedding = None
         if vectors is not None:
             embedding = vectors if isinstance(req.body.get("input"), list) else vectors[0]

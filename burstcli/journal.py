@@ -74,6 +74,9 @@ class ResumeState:
     repaired_bytes: int = 0
     dropped_failed: int = 0
     cost_usd: float = 0.0  # spent by earlier runs: --max-cost is a cap on the whole output
+    # line -> request_id, kept only for stdin input, which has no digest to prove it is the
+    # same input: the reader checks each done line's id against it instead.
+    ids: dict[int, str] | None = None
 
     @property
     def records(self) -> int:
@@ -115,13 +118,13 @@ def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -
 
 
 def open_for_resume(output: Path, fingerprint: dict[str, Any], *, restart: bool = False,
-                    retry_failed: bool = False) -> ResumeState:
+                    retry_failed: bool = False, keep_ids: bool = False) -> ResumeState:
     """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done."""
     side = sidecar_path(output)
     if restart:
         for p in (output, side):
             p.unlink(missing_ok=True)
-    state = ResumeState()
+    state = ResumeState(ids={} if keep_ids else None)
     if output.exists() and output.stat().st_size > 0:
         old = _read_sidecar(side)
         if old is not None:
@@ -189,6 +192,8 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
                 if kept is not None:
                     kept.write(raw)
                 state.done.add(line)
+                if state.ids is not None:
+                    state.ids[line] = str(rec.get("request_id"))
                 cost = rec.get("cost_usd")
                 if isinstance(cost, int | float):
                     state.cost_usd += cost

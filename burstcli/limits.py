@@ -23,7 +23,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 BURST_SECONDS = 0.05  # credit an idle pacer may spend at once: 5 % of a second's allowance
-HEADER_MARGIN = 0.95  # settle this far under a ceiling learned from headers
+HEADER_MARGIN = 0.97  # settle this far under a ceiling learned from headers
 BACKOFF_FACTOR = 0.85  # pace multiplier after a 429
 MIN_FRACTION = 0.1  # never slow below this fraction of the ceiling
 
@@ -193,7 +193,9 @@ class Limits:
     # -- feedback ---------------------------------------------------------------------------
     def on_success(self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
                    ) -> None:
-        if real_tokens is not None:
+        if real_tokens is not None and real_tokens > est_tokens:
+            # Only debt: providers charge the estimate (max_tokens included) on arrival and
+            # refund nothing, so giving unused tokens back would overrun their TPM.
             self.tokens.adjust(real_tokens - est_tokens)
         self._learn(headers)
         if not self._opened:
@@ -215,14 +217,17 @@ class Limits:
         self.rate_limited += 1
         self._learn(headers)
         now = self._clock()
+        # 429s answered while a pause is on belong to the same congestion event (they were
+        # all in flight together): slow down once per event, not once per 429.
+        fresh = now >= self.paused_until
         pause = wait if wait is not None else 1.0
         self.paused_until = max(self.paused_until, now + pause)
         for pacer, ceiling in ((self.requests, self.rpm_ceiling),
                                (self.tokens, self.tpm_ceiling)):
-            if pacer.rate and ceiling:
+            if fresh and pacer.rate and ceiling:
                 pacer.rate = max(ceiling / 60 * MIN_FRACTION, pacer.rate * BACKOFF_FACTOR)
             pacer.hold_until(self.paused_until)
-        if not self._told:
+        if fresh and not self._told:
             self._cwnd = max(1.0, self._cwnd / 2)
             self.gate.set_limit(int(self._cwnd))
 

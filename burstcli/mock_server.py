@@ -1231,7 +1231,8 @@ def _enqueued_tokens(state: MockState, model: str | None) -> int:
     total = 0
     for other in state.batches.values():
         _advance_batch(state, other)
-        if other.model == model and other.status not in _BATCH_TERMINAL:
+        # A batch that fails validation never holds a place in the queue.
+        if other.model == model and other.status not in _BATCH_TERMINAL and not other.errors:
             total += other.tokens
     return total
 

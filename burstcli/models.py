@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Endpoint = Literal["chat", "embeddings"]
 
@@ -43,7 +43,7 @@ class Params(BaseModel):
 
 class NativeLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = None  # strict: true must not become id "1"
     input: str | list[str] | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, min_length=1)

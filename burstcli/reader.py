@@ -19,7 +19,7 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
-from .errors import InputError
+from .errors import InputError, ResumeMismatch
 from .models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
 
 OnInvalid = Callable[[InvalidLine], None]
@@ -279,13 +279,26 @@ class StreamSource:
         self.done = 0
         self.invalid = 0
 
-    def items(self, done: Done | None) -> Iterator[Request | InvalidLine]:
-        """Invalid lines as soon as they are read; requests once buffered, highest first."""
+    def items(self, done: Done | None, done_ids: dict[int, str] | None = None
+              ) -> Iterator[Request | InvalidLine]:
+        """Invalid lines as soon as they are read; requests once buffered, highest first.
+
+        `done_ids` (line -> request_id of OUTPUT's records) proves a resumed stream is the same
+        input, line by line, since a stream cannot be hashed before it is read.
+        """
         ids = IdSet()
         heap: list[tuple[int, int, Request]] = []
         tie = itertools.count()
         for line, raw in enumerate(self.stream, start=1):
             if done is not None and line in done:
+                if done_ids is not None and line in done_ids:
+                    item = parse_line(raw, line, self.default_model)
+                    rid = item.id if item is not None else None
+                    if rid is not None and rid != done_ids[line]:
+                        raise ResumeMismatch(
+                            f"stdin line {line} is request {rid!r}, but OUTPUT's record for "
+                            f"line {line} is {done_ids[line]!r}: this is not the input OUTPUT "
+                            "was written from. Use --restart, or another -o OUTPUT.")
                 self.total += 1
                 self.done += 1
                 continue

@@ -131,10 +131,12 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     if in_path is not None:
         fingerprint["input_sha256"] = file_digest(in_path)
     done: Done | None = None
+    done_ids: dict[int, str] | None = None
     spent_before = 0.0
     if out_path is not None:
         state = open_for_resume(out_path, fingerprint, restart=cfg.restart,
-                                retry_failed=cfg.retry_failed)
+                                retry_failed=cfg.retry_failed, keep_ids=in_path is None)
+        done_ids = state.ids
         done = state.done
         spent_before = state.cost_usd
         tally.skipped, tally.skipped_failed = state.records, state.failed
@@ -168,7 +170,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
             engine = Engine(client=client, limits=limits, journal=journal, config=config,
                             price=prices.cost, budget=budget, tally=tally)
-            items = _source(cfg, in_path, done, tally)
+            items = _source(cfg, in_path, done, done_ids, tally)
             metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, engine.request_stop, int(sig))
@@ -217,11 +219,12 @@ def _metrics(cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits,
     return metrics, task
 
 
-def _source(cfg: RunConfig, in_path: Path | None, done: Done | None, tally: Tally
+def _source(cfg: RunConfig, in_path: Path | None, done: Done | None,
+            done_ids: dict[int, str] | None, tally: Tally
             ) -> AsyncIterator[Request | InvalidLine]:
     if in_path is None:
         stream = StreamSource(sys.stdin.buffer, cfg.model, window=cfg.stdin_window)
-        return aiter_items(stream.items(done), threaded=True)
+        return aiter_items(stream.items(done, done_ids), threaded=True)
     src = FileSource(in_path, cfg.model)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     invalid: list[InvalidLine] = []

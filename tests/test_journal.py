@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +119,6 @@ def test_torn_line_longer_than_the_read_window(tmp_path: Path) -> None:
     assert lines_of(out) == [rec(1)]
 
 
-@pytest.mark.xfail(reason="BUG: journal._repair_tail cuts the last 64 KiB of a valid last "
-                   "record longer than its 64 KiB window, then resume refuses the file",
-                   strict=True)
 def test_valid_last_record_longer_than_the_read_window_is_kept(tmp_path: Path) -> None:
     # A 16,000-character CJK output (within the 50,000-char cap) is 48 KB as UTF-8; a
     # 3,072-dimension embedding is about 60 KB. Records over 64 KiB are ordinary.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,23 @@ import orjson
 import pytest
 from aiohttp import web
 
+from burstcli.mock_server import ThreadedMockServer
+
 from .conftest import TEST_KEY, read_jsonl, run_args, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
+
+
+def settled(srv: ThreadedMockServer) -> dict[str, Any]:
+    """The mock's counters once no request is in flight there.
+
+    The mock counts a completion after its write of the answer returns, which can be a moment
+    after the client has read it, recorded it and exited; reading at once may miss the last.
+    """
+    deadline = time.monotonic() + 5.0
+    while (stats := srv.stats())["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return stats
 
 
 def rows_of(prompts: list[str]) -> list[dict[str, Any]]:
@@ -59,7 +74,7 @@ def test_transient_faults_complete_with_the_right_attempts(tmp_path: Path, serve
     res = run_cli(run_args(srv, inp, out, "--timeout", "0.4", "--concurrency", "10"))
     assert res.exit_code == 0, res.output
     recs = by_id(out, len(prompts))
-    stats = srv.stats()
+    stats = settled(srv)
     for i, prompt in enumerate(prompts):
         r = recs[f"r{i}"]
         want = TRANSIENT.get(prompt, 1)
@@ -93,7 +108,7 @@ def test_permanent_faults_become_failed_records(tmp_path: Path, server) -> None:
     res = run_cli(run_args(srv, inp, out, "--timeout", "0.3", "--max-retries", "2"))
     assert res.exit_code == 1, res.output
     recs = by_id(out, len(prompts))
-    stats = srv.stats()
+    stats = settled(srv)
     for i, prompt in enumerate(prompts):
         r = recs[f"r{i}"]
         if prompt not in PERMANENT:
@@ -118,7 +133,7 @@ def test_max_retries_zero_means_one_attempt(tmp_path: Path, server) -> None:
     assert res.exit_code == 1
     recs = by_id(out, 2)
     assert [(r["status"], r["attempts"]) for r in recs.values()] == [("failed", 1)] * 2
-    assert srv.stats()["requests_total"] == 2
+    assert settled(srv)["requests_total"] == 2
 
 
 def test_endless_429_ends_as_rate_limited(tmp_path: Path, server) -> None:
@@ -131,7 +146,7 @@ def test_endless_429_ends_as_rate_limited(tmp_path: Path, server) -> None:
     # 429s do not spend --max-retries; a per-request cap of 50 retries ends the loop.
     assert (r["status"], r["error"]["type"], r["error"]["status_code"]) == \
         ("failed", "rate_limited", 429)
-    assert r["attempts"] == 51 == srv.stats()["requests_total"]
+    assert r["attempts"] == 51 == settled(srv)["requests_total"]
 
 
 def test_random_fault_mix_completes_everything_once(tmp_path: Path, server) -> None:
@@ -143,7 +158,7 @@ def test_random_fault_mix_completes_everything_once(tmp_path: Path, server) -> N
     res = run_cli(run_args(srv, inp, out, "--timeout", "0.3", "--concurrency", "32"))
     assert res.exit_code == 0, res.output
     recs = by_id(out, n)
-    stats = srv.stats()
+    stats = settled(srv)
     assert sum(stats["faults_injected"].values()) >= 20
     assert all(r["status"] == "completed" for r in recs.values())
     assert stats["completed_by_prompt"] == dict.fromkeys(prompts, 1)
@@ -163,7 +178,7 @@ def test_model_not_found_falls_back_at_once(tmp_path: Path, server) -> None:
     for r in by_id(out, 5).values():
         assert (r["status"], r["model"], r["model_used"], r["attempts"]) == \
             ("completed", "gpt-4o-mini", "gpt-4o", 3)
-    assert srv.stats()["by_status"] == {"404": 10, "200": 5}
+    assert settled(srv)["by_status"] == {"404": 10, "200": 5}
 
 
 def test_broken_primary_falls_back_after_its_retries(tmp_path: Path, server) -> None:
@@ -196,7 +211,7 @@ def test_bad_request_is_not_sent_to_fallbacks(tmp_path: Path, server) -> None:
     assert res.exit_code == 1
     (r,) = read_jsonl(out)
     assert (r["error"]["type"], r["attempts"]) == ("bad_request", 1)
-    assert srv.stats()["requests_total"] == 1
+    assert settled(srv)["requests_total"] == 1
 
 
 # -- fatal: wrong key, no quota ------------------------------------------------------------
@@ -209,7 +224,7 @@ def test_wrong_key_stops_the_run_after_a_handful_of_calls(tmp_path: Path, server
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out, "--concurrency", "50", *extra))
     assert res.exit_code == 2
-    sent = srv.stats()["requests_total"]
+    sent = settled(srv)["requests_total"]
     print(f"wrong key: {sent} request(s) sent before stopping")
     assert 1 <= sent <= 3
     assert "Error: auth: Incorrect API key provided" in res.stderr
@@ -225,7 +240,7 @@ def test_insufficient_quota_stops_the_run(tmp_path: Path, server) -> None:
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out, "--concurrency", "50"))
     assert res.exit_code == 2
-    assert 1 <= srv.stats()["requests_total"] <= 3
+    assert 1 <= settled(srv)["requests_total"] <= 3
     assert "Error: insufficient_quota: You exceeded your current quota" in res.stderr
     assert TEST_KEY not in res.output
 
@@ -319,7 +334,7 @@ def test_retry_failed_redoes_only_failed_lines(tmp_path: Path, server) -> None:
     for i in range(12):  # completed records were kept as they were
         if i not in flaky:
             assert second[f"r{i}"] == first[f"r{i}"]
-    stats = srv.stats()
+    stats = settled(srv)
     for i, p in enumerate(prompts):
         want = {3: 3, 7: 3, 10: 2}.get(i, 1)
         assert stats["attempts_by_prompt"][p] == want, p
@@ -327,7 +342,7 @@ def test_retry_failed_redoes_only_failed_lines(tmp_path: Path, server) -> None:
 
     res = run_cli(args)  # plain rerun of a finished run: nothing sent
     assert res.exit_code == 1
-    assert srv.stats()["requests_total"] == stats["requests_total"]
+    assert settled(srv)["requests_total"] == stats["requests_total"]
 
 
 # -- limits learned, not told --------------------------------------------------------------
@@ -341,7 +356,7 @@ def test_unknown_rpm_ceiling_is_learned_with_few_429s(tmp_path: Path, server) ->
     assert res.exit_code == 0, res.output
     recs = by_id(out, n)
     assert all(r["status"] == "completed" for r in recs.values())
-    stats = srv.stats()
+    stats = settled(srv)
     limited = stats["by_status"].get("429", 0)
     per_second = stats["arrivals_per_second"]
     full = per_second[1:-1]  # whole seconds after the server's initial full bucket
@@ -364,9 +379,77 @@ def test_user_rpm_above_the_real_ceiling_is_corrected_by_headers(tmp_path: Path,
     res = run_cli(run_args(srv, inp, out, "--rpm", "6000", "--concurrency", "50"))
     assert res.exit_code == 0, res.output
     assert all(r["status"] == "completed" for r in by_id(out, n).values())
-    stats = srv.stats()
+    stats = settled(srv)
     limited = stats["by_status"].get("429", 0)
     print(f"told rpm 6000, real 1800: {limited} x 429, per second "
           f"{stats['arrivals_per_second']}")
     assert limited <= 5
     assert max(stats["arrivals_per_second"]) <= 30 * 1.1
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["told", "learned"])
+def test_tpm_ceiling_with_max_tokens_earns_few_429s(tmp_path: Path, server, told: bool) -> None:
+    # Each request is charged ceil(27 chars / 4) + 100 = 107 tokens by the server's limiter
+    # (as OpenAI counts max_tokens), but really uses ~20: a pacer that gives the difference
+    # back sends about twice what the limiter admits.
+    tpm, n = 120_000, 100  # 2,000 tokens a second: about 18.7 of these requests
+    srv = server(tpm=tpm, latency=0.01)
+    rows = [{"id": f"t{i}", "input": f"token question number {i:04d}",
+             "params": {"max_tokens": 100}} for i in range(n)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    extra = ["--tpm", str(tpm)] if told else []
+    res = run_cli(run_args(srv, inp, out, "--concurrency", "20", *extra))
+    assert res.exit_code == 0, res.output
+    assert all(r["status"] == "completed" for r in by_id(out, n).values())
+    stats = settled(srv)
+    limited = stats["by_status"].get("429", 0)
+    print(f"tpm {tpm} ({'told' if told else 'learned'}): {limited} x 429, arrivals per second "
+          f"{stats['arrivals_per_second']}")
+    assert limited <= 3
+    assert max(stats["arrivals_per_second"]) <= 2000 / 107 * 1.25
+
+
+def test_request_bigger_than_the_tpm_is_not_sent(tmp_path: Path, server) -> None:
+    srv = server()
+    rows = [{"id": "big", "input": "x", "params": {"max_tokens": 5000}},
+            {"id": "ok", "input": "fits", "params": {"max_tokens": 50}}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    res = run_cli(run_args(srv, inp, out, "--tpm", "1000"))
+    assert res.exit_code == 1
+    recs = by_id(out, 2)
+    assert (recs["big"]["status"], recs["big"]["error"]["type"], recs["big"]["attempts"]) == \
+        ("failed", "request_too_large", 0)
+    assert recs["ok"]["status"] == "completed"
+    assert settled(srv)["attempts_by_prompt"] == {"fits": 1}
+
+
+def test_server_says_request_too_large_no_retry(tmp_path: Path, server) -> None:
+    srv = server(tpm=1000)  # not told: the server's 429 "Request too large" decides
+    rows = [{"id": "big", "input": "x", "params": {"max_tokens": 5000}},
+            {"id": "ok", "input": "fits", "params": {"max_tokens": 50}}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    res = run_cli(run_args(srv, inp, out))
+    assert res.exit_code == 1
+    recs = by_id(out, 2)
+    assert (recs["big"]["error"]["type"], recs["big"]["error"]["status_code"],
+            recs["big"]["attempts"]) == ("request_too_large", 429, 1)
+    assert recs["big"]["error"]["message"].startswith("Request too large for gpt-4o-mini")
+    assert recs["ok"]["status"] == "completed"
+    assert settled(srv)["attempts_by_prompt"] == {"x": 1, "fits": 1}
+
+
+def test_after_a_wrong_key_the_same_command_with_the_right_key_resumes(tmp_path: Path,
+                                                                      server) -> None:
+    srv = server(api_keys=frozenset({TEST_KEY}))
+    inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"q{i}" for i in range(40)]))
+    out = tmp_path / "out.jsonl"
+    args = run_args(srv, inp, out)
+    wrong = [("sk-wrong-key-0000000000" if a == TEST_KEY else a) for a in args]
+    assert run_cli(wrong).exit_code == 2
+    res = run_cli(args)
+    assert res.exit_code == 0, res.output
+    assert all(r["status"] == "completed" for r in by_id(out, 40).values())
+    assert settled(srv)["by_status"] == {"401": settled(srv)["by_status"]["401"], "200": 40}
