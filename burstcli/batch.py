@@ -517,6 +517,8 @@ def settings_from(cfg: RunConfig, poll_interval: float | None) -> BatchSettings:
         raise UsageError(f"--output-format must be {' or '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     max_tokens = getattr(cfg, "batch_max_tokens", None)
     if poll_interval is None:
+        poll_interval = getattr(cfg, "batch_poll", None)
+    if poll_interval is None:
         # Real batches take minutes to hours; the simulated ones finish in about 2 s.
         poll_interval = 0.5 if cfg.simulate else 5.0
     return BatchSettings(

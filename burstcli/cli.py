@@ -158,6 +158,23 @@ def run(
         envvar=_env("backoff_base"), min=0,
         help="First retry waits up to this many seconds; doubles per retry (full "
         "jitter).")] = 0.5,
+    via: Annotated[str, typer.Option(
+        envvar=_env("via"),
+        help="direct (live API calls) or batch (the provider's Batch API: half price, up to "
+        "24 h; resumable like everything else).")] = "direct",
+    batch_size: Annotated[int, typer.Option(
+        envvar=_env("batch_size"), min=1, max=50_000,
+        help="--via batch: most requests per batch file.")] = 50_000,
+    completion_window: Annotated[str, typer.Option(
+        envvar=_env("completion_window"), help="--via batch: the batches' window.")] = "24h",
+    batch_poll: Annotated[float | None, typer.Option(
+        envvar=_env("batch_poll"), min=0.01,
+        help="--via batch: seconds before the first status poll (then backing off to "
+        "12x, at most 60 s). Default 5.")] = None,
+    output_format: Annotated[str, typer.Option(
+        envvar=_env("output_format"),
+        help="burstq (records as documented) or openai-batch (the Batch API's output "
+        "lines: id, custom_id, response, error).")] = "burstq",
     fail_on_error_rate: Annotated[float | None, typer.Option(
         envvar=_env("fail_on_error_rate"), min=0, max=1,
         help="For CI: exit 1 only when more than this fraction of requests failed.")] = None,
@@ -172,6 +189,8 @@ def run(
         burstq run requests.jsonl -o responses.jsonl --rpm 500 --tpm 200000
 
         burstq run samples/quickstart.jsonl -o out.jsonl --simulate
+
+        burstq run big.jsonl -o big.responses.jsonl --via batch --batch-size 20000
     """
     from .runner import RunConfig, execute
 
@@ -179,6 +198,11 @@ def run(
         output = "-" if input == "-" else str(_default_output(input))
     if progress not in ("auto", "rich", "plain", "quiet"):
         raise UsageError(f"--progress must be auto, rich, plain or quiet, not {progress!r}")
+    if via not in ("direct", "batch"):
+        raise UsageError(f"--via must be direct or batch, not {via!r}")
+    if output_format not in ("burstq", "openai-batch"):
+        raise UsageError(f"--output-format must be burstq or openai-batch, not "
+                         f"{output_format!r}")
     if output != "-" and input != "-" and Path(output).resolve() == Path(input).resolve():
         raise UsageError("OUTPUT must not be INPUT")
     if input != "-" and not Path(input).is_file():
@@ -193,7 +217,9 @@ def run(
         restart=restart, simulate=simulate, quiet=quiet, progress=progress,
         status_every=status_every,
         metrics_file=metrics_file, pushgateway=pushgateway, fsync=fsync, grace=grace,
-        max_output_chars=max_output_chars, backoff_base=backoff_base)
+        max_output_chars=max_output_chars, backoff_base=backoff_base, via=via,
+        batch_size=batch_size, completion_window=completion_window, batch_poll=batch_poll,
+        output_format=output_format)
     report = execute(cfg)
     outcome = report.outcome
     if not quiet:

@@ -39,7 +39,7 @@ class CallError(Exception):
     def __init__(self, type: str, message: str, *, status_code: int | None = None,
                  retryable: bool = False, fatal: bool = False, fallback: bool = False,
                  retry_after: float | None = None, maybe_billed: bool = False,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, body: Any = None) -> None:
         super().__init__(message)
         self.type = type
         self.message = message
@@ -50,6 +50,7 @@ class CallError(Exception):
         self.retry_after = retry_after
         self.maybe_billed = maybe_billed  # sent, answer lost: the provider may charge for it
         self.headers: Mapping[str, str] = headers or {}
+        self.body = body  # the provider's parsed error body, when it sent JSON
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type, "message": self.message, "status_code": self.status_code}
@@ -146,6 +147,16 @@ class ApiClient:
 
     def _classify(self, status: int, raw: bytes, headers: Mapping[str, str], model: str
                   ) -> CallError:
+        err = self._classify_status(status, raw, headers)
+        err.headers = headers
+        try:
+            err.body = orjson.loads(self.redact(raw.decode("utf-8", "replace")))
+        except orjson.JSONDecodeError:
+            err.body = None
+        return err
+
+    def _classify_status(self, status: int, raw: bytes, headers: Mapping[str, str]
+                         ) -> CallError:
         msg = self.redact(_error_message(None, raw))
         code, etype = _error_code(raw)
         if status in (401, 403):

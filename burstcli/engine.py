@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -96,7 +96,8 @@ class Budget:
 class Engine:
     def __init__(self, *, client: ApiClient, limits: Limits, journal: Journal,
                  config: EngineConfig, price: PriceFn, budget: Budget | None = None,
-                 tally: Tally | None = None, rng: random.Random | None = None) -> None:
+                 tally: Tally | None = None, rng: random.Random | None = None,
+                 formatter: Callable[[Result], dict[str, Any]] | None = None) -> None:
         self.client = client
         self.limits = limits
         self.journal = journal
@@ -105,6 +106,7 @@ class Engine:
         self.budget = budget
         self.tally = tally or Tally()
         self.listeners: list[Callable[[Result], None]] = []
+        self._format = formatter or Result.record
         self._rng = rng or random.Random()
         self._pending: list[dict[str, Any]] = []
         self._flush_scheduled = False
@@ -283,7 +285,7 @@ class Engine:
                 limits.on_success(reply.headers, req.est_tokens,
                                   int(usage.get("total_tokens") or 0) if usage else None)
                 return self._completed(req, model, output, vectors, usage, attempts,
-                                       unanswered, started, reply.data)
+                                       unanswered, started, reply.data, reply.headers)
             if last is not None and not (last.fallback or last.retryable):
                 break  # a bad request is bad for every model
         assert last is not None
@@ -296,7 +298,8 @@ class Engine:
 
     def _completed(self, req: Request, model: str, output: str | None,
                    vectors: list[Any] | None, usage: dict[str, Any] | None, attempts: int,
-                   unanswered: int, started: float, data: dict[str, Any]) -> Result:
+                   unanswered: int, started: float, data: dict[str, Any],
+                   headers: Mapping[str, str]) -> Result:
         truncated = False
         if output is not None and len(output) > self.config.max_output_chars:
             output, truncated = output[: self.config.max_output_chars].rstrip(), True
@@ -310,7 +313,9 @@ class Engine:
             output=output, embedding=embedding,
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
             attempts=attempts, usage=usage, cost_usd=cost, metadata=req.metadata,
-            finished_at=now_iso(), truncated=truncated, unanswered_attempts=unanswered)
+            finished_at=now_iso(), truncated=truncated, unanswered_attempts=unanswered,
+            response_body=data, response_status=200,
+            response_request_id=headers.get("x-request-id"))
 
     def _failed(self, req: Request, err: CallError, attempts: int, unanswered: int,
                 started: float) -> Result:
@@ -318,7 +323,9 @@ class Engine:
             request_id=req.id, line=req.line, status="failed", model=req.model,
             model_used=None, output=None, attempts=attempts, error=err.as_dict(),
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-            metadata=req.metadata, finished_at=now_iso(), unanswered_attempts=unanswered)
+            metadata=req.metadata, finished_at=now_iso(), unanswered_attempts=unanswered,
+            response_body=err.body, response_status=err.status_code or 0,
+            response_request_id=err.headers.get("x-request-id"))
 
     # -- output -----------------------------------------------------------------------------
     def _record(self, result: Result) -> None:
@@ -338,7 +345,7 @@ class Engine:
             t.unpriced += 1
         for listener in self.listeners:
             listener(result)
-        self._pending.append(result.record())
+        self._pending.append(self._format(result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

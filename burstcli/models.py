@@ -123,6 +123,10 @@ class Result:
     truncated: bool = False
     unanswered_attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The provider's last answer, kept for --output-format openai-batch; not in record().
+    response_body: Any = None
+    response_status: int = 0
+    response_request_id: str | None = None
 
     @property
     def tokens_used(self) -> int:

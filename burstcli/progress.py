@@ -19,6 +19,8 @@ Snapshot = Callable[[], LimitsSnapshot]
 
 
 def _money(x: float) -> str:
+    if x < 0.01:
+        return f"${x:.6f}"
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
 
 

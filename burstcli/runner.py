@@ -20,7 +20,7 @@ from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items
 from .errors import UsageError
 from .journal import Journal, open_for_resume
 from .limits import Limits
-from .models import InvalidLine, Request, Tally
+from .models import InvalidLine, Request, Result, Tally
 from .progress import Reporter
 from .reader import Done, FileSource, StreamSource, file_digest
 
@@ -58,6 +58,11 @@ class RunConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     stdin_window: int = 10_000
+    via: str = "direct"  # direct | batch (the provider's Batch API)
+    batch_size: int = 50_000
+    completion_window: str = "24h"
+    batch_poll: float | None = None  # first poll interval (default 5 s, 0.5 s simulated)
+    output_format: str = "burstq"  # burstq | openai-batch
 
 
 @dataclass(slots=True)
@@ -70,7 +75,10 @@ class RunReport:
 
 def shaping(cfg: RunConfig) -> dict[str, Any]:
     """Options that change what is sent: a resume with other values would mix two jobs."""
-    return {"model": cfg.model}
+    shape: dict[str, Any] = {"model": cfg.model}
+    if cfg.output_format != "burstq":
+        shape["output_format"] = cfg.output_format
+    return shape
 
 
 def _reporter_mode(cfg: RunConfig) -> str:
@@ -104,6 +112,9 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
             if not cfg.quiet:
                 print(f"burstq: warning: {msg}", file=sys.stderr)
 
+    if cfg.via == "batch":
+        return await _execute_batch(cfg, warn, started)
+
     simulate_server = None
     base_url, api_key = cfg.base_url, cfg.api_key
     if cfg.simulate:
@@ -133,9 +144,24 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     done: Done | None = None
     done_ids: dict[int, str] | None = None
     spent_before = 0.0
-    if out_path is not None:
+    formatter = None
+    if cfg.output_format == "openai-batch":
+        from .batch import resume_openai_batch, to_openai_batch_line
+
+        if in_path is None or out_path is None:
+            raise UsageError("--output-format openai-batch needs an INPUT file and an OUTPUT "
+                             "file (its lines have no line numbers to resume by)")
+
+        def formatter(result: Result) -> dict[str, Any]:
+            return to_openai_batch_line(result.record(), result.response_body,
+                                        result.response_status, result.response_request_id)
+
+        state = resume_openai_batch(out_path, in_path, fingerprint, default_model=cfg.model,
+                                    restart=cfg.restart, retry_failed=cfg.retry_failed)
+    elif out_path is not None:
         state = open_for_resume(out_path, fingerprint, restart=cfg.restart,
                                 retry_failed=cfg.retry_failed, keep_ids=in_path is None)
+    if out_path is not None:
         done_ids = state.ids
         done = state.done
         spent_before = state.cost_usd
@@ -169,7 +195,8 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     try:
         async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
             engine = Engine(client=client, limits=limits, journal=journal, config=config,
-                            price=prices.cost, budget=budget, tally=tally)
+                            price=prices.cost, budget=budget, tally=tally,
+                            formatter=formatter)
             items = _source(cfg, in_path, done, done_ids, tally)
             metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,6 +224,40 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     elapsed = time.monotonic() - started
     return RunReport(outcome, elapsed, reporter.summary(elapsed),
                      budget.spent if budget is not None else None)
+
+
+async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float
+                         ) -> RunReport:
+    """--via batch: hand the file to the provider's Batch API (batch.py does the work)."""
+    from .batch import BatchRun, run_via_batch
+    from .limits import LimitsSnapshot
+
+    tally = Tally()
+    loop = asyncio.get_running_loop()
+
+    def snapshot() -> LimitsSnapshot:
+        return LimitsSnapshot(concurrency=0, in_flight=tally.in_flight, rpm=None, tpm=None,
+                              rpm_ceiling=None, tpm_ceiling=None, rate_limited=0,
+                              paused_for=0.0)
+
+    reporter = Reporter(tally, snapshot, mode=_reporter_mode(cfg))
+    runs: list[BatchRun] = []
+
+    def ready(run: BatchRun) -> None:
+        runs.append(run)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, run.request_stop, int(sig))
+
+    reporter.start()
+    try:
+        outcome = await run_via_batch(cfg, tally=tally, warn=warn, on_ready=ready)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await reporter.stop()
+    elapsed = time.monotonic() - started
+    spent = runs[0].budget.spent if runs and runs[0].budget is not None else None
+    return RunReport(outcome, elapsed, reporter.summary(elapsed), spent)
 
 
 def _metrics(cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits,
