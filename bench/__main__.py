@@ -75,8 +75,12 @@ def verdict(f: Figure) -> str:
     return {True: "met", False: "MISSED", None: "info"}[f.met]
 
 
+def _bunit(f: Figure) -> str:
+    return f.unit if f.baseline_unit is None else f.baseline_unit
+
+
 def report(f: Figure) -> None:
-    base = f" vs {f.baseline_name} {fmt_value(f.baseline, f.unit if f.unit != '429s' else '')}"\
+    base = f" vs {f.baseline_name} {fmt_value(f.baseline, _bunit(f))}" \
         if f.baseline is not None else ""
     print(f"[{f.scenario}] {f.name}: {fmt_value(f.value, f.unit)}{base} -> ratio "
           f"{fmt_ratio(f)}; target {f.target or '-'}: {verdict(f)}", flush=True)
@@ -87,8 +91,7 @@ def report(f: Figure) -> None:
 def table(figs: list[Figure]) -> str:
     rows = [("scenario", "figure", "value", "baseline (same run)", "ratio", "target", "")]
     for f in figs:
-        base_unit = "" if f.unit == "429s" else f.unit
-        base = f"{fmt_value(f.baseline, base_unit)} ({f.baseline_name})" \
+        base = f"{fmt_value(f.baseline, _bunit(f))} ({f.baseline_name})" \
             if f.baseline is not None else f.baseline_name or "-"
         rows.append((f.scenario, f.name, fmt_value(f.value, f.unit), base, fmt_ratio(f),
                      f.target or "-", verdict(f)))
@@ -138,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(sizes=sizes, quick=args.quick, workdir=workdir, report=report)
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
+    load: dict[str, float | None] = {}
     t_all = time.monotonic()
     try:
         for name in names:
-            print(f"\n== {name} ==", flush=True)
+            load[name] = h.load_average()
+            print(f"\n== {name} == (load average {load[name]})", flush=True)
             t0 = time.monotonic()
             try:
                 SCENARIOS[name](ctx)
@@ -167,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         h.dump_json(args.json, {"mode": "quick" if args.quick else "full", "machine": info,
                                 "elapsed_s": elapsed, "scenario_seconds": timings,
+                                "load_average_at_start": load,
                                 "errors": errors, "sizes": vars(sizes),
                                 "figures": [f.as_dict() for f in ctx.figures]})
         print(f"wrote {args.json}")

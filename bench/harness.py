@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ import orjson
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
+SPAWN = Path(__file__).resolve().parent / "spawn.py"
 SRC: Path | None = None  # --burstcli DIR: measure the package in DIR, not the installed one
 
 
@@ -155,35 +155,31 @@ class ChildRun:
     wall: float  # seconds, spawn to exit
     maxrss_mb: float  # peak resident set of the child, from wait4
     started: float  # time.monotonic() just before spawn (same clock as the mock's stats)
+    cpu: float  # user + system CPU seconds of the child
     stdout: bytes = b""
     stderr: bytes = b""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_child(argv: Sequence[str], *, timeout: float = 1800, stdout_to: Path | None = None
-              ) -> ChildRun:
-    """Run argv to completion; wall time and the child's own peak RSS (os.wait4)."""
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
-        sink = stdout_to.open("wb") if stdout_to else out
-        try:
-            t0 = time.monotonic()
-            proc = subprocess.Popen(list(argv), stdout=sink, stderr=err, env=clean_env(),
-                                    cwd=ROOT)
-            killer = threading.Timer(timeout, proc.kill)
-            killer.start()
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            finally:
-                killer.cancel()
-            wall = time.monotonic() - t0
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            if stdout_to:
-                sink.close()
+def run_child(argv: Sequence[str], *, timeout: float = 1800) -> ChildRun:
+    """Run argv to completion through bench/spawn.py: wall time and the child's own peak RSS."""
+    argv = list(argv)
+    if not os.path.isabs(argv[0]):
+        argv[0] = shutil.which(argv[0]) or argv[0]
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        proc = subprocess.run([PYTHON, "-S", str(SPAWN), str(report), str(timeout), *argv],
+                              stdout=out, stderr=err, env=clean_env(), cwd=ROOT, check=False)
         err.seek(0)
         out.seek(0)
-        return ChildRun(list(argv), proc.returncode, wall, usage.ru_maxrss / 1024, t0,
-                        out.read(), err.read())
+        stdout, stderr = out.read(), err.read()
+        if not report.exists():
+            raise RuntimeError(f"bench/spawn.py failed ({proc.returncode}): "
+                               f"{stderr.decode(errors='replace')[-500:]}")
+        r = orjson.loads(report.read_bytes())
+    return ChildRun(argv, r["returncode"], r["wall"], r["maxrss_kb"] / 1024, r["started"],
+                    r["cpu"], stdout, stderr)
 
 
 def burstq_run(inp: Path, out: Path, server: Server, *extra: str, quiet: bool = False,
@@ -280,6 +276,14 @@ def finished_span(path: Path, skip: int = 0) -> float | None:
             first = t if first is None else min(first, t)
             last = t if last is None else max(last, t)
     return None if first is None or last is None else last - first
+
+
+def load_average() -> float | None:
+    """1-minute load average: other work on the machine skews every timing, so it is logged."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def dump_json(path: Path, data: Any) -> None:

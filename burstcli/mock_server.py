@@ -1617,9 +1617,18 @@ class ThreadedMockServer:
         finally:
             await server.close()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters snapshot; safe from any thread (MockState locks its counters)."""
-        return self.server.stats()
+    def stats(self, settle: float = 2.0) -> dict[str, Any]:
+        """Counters snapshot; safe from any thread (MockState locks its counters).
+
+        A client can read an answer before the handler has counted it as delivered, so wait
+        (up to `settle` seconds) for requests still being handled to finish first.
+        """
+        deadline = time.monotonic() + settle
+        snap = self.server.stats()
+        while snap["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.002)
+            snap = self.server.stats()
+        return snap
 
     def reset_stats(self) -> None:
         loop = self._loop
