@@ -19,8 +19,10 @@ BATCH_URLS: dict[str, Endpoint] = {
 ENDPOINT_PATHS: dict[str, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 
 
+# strict: what validation accepts is exactly what is sent ("0.5" is not quietly made 0.5), so
+# the dispatch pass can trust lines the scan accepted without validating them again.
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -28,7 +30,7 @@ class Message(BaseModel):
 class Params(BaseModel):
     """Known sampling parameters are type-checked; anything else passes through to the API."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -42,7 +44,7 @@ class Params(BaseModel):
 
 
 class NativeLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: StrictStr | StrictInt | None = None  # strict: true must not become id "1"
     input: str | list[str] | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
@@ -54,7 +56,7 @@ class NativeLine(BaseModel):
 
 
 class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str | None = Field(default=None, min_length=1)
     messages: list[Message] | None = Field(default=None, min_length=1)
     input: str | list[str] | None = None
@@ -65,7 +67,7 @@ class BatchBody(BaseModel):
 
 
 class BatchLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     custom_id: str = Field(min_length=1)
     method: Literal["POST"] = "POST"
     url: str

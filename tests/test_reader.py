@@ -44,7 +44,7 @@ MSG = [{"role": "user", "content": "y"}]
     ("just text", "expected a JSON object, got str"),
     ({"id": "a"}, "missing prompt: give 'input' (text) or 'messages'"),
     ({"id": "a", "input": "x", "params": {"temperature": "hot"}},
-     "params.temperature: Input should be a valid number, unable to parse string as a number"),
+     "params.temperature: Input should be a valid number"),
     ({"input": "x", "params": {"max_tokens": 0}}, "params.max_tokens: Input should be greater "
                                                    "than 0"),
     ({"input": "x", "metadata": [1]}, "metadata: Input should be a valid dictionary"),
@@ -54,7 +54,7 @@ MSG = [{"role": "user", "content": "y"}]
     ({"input": "x", "priority": 11}, "priority: Input should be less than or equal to 10"),
     ({"input": "x", "priority": 0}, "priority: Input should be greater than or equal to 1"),
     ({"input": "x", "priority": "high"},
-     "priority: Input should be a valid integer, unable to parse string as an integer"),
+     "priority: Input should be a valid integer"),
     ({"input": "x", "colour": 1}, "colour: unknown field"),
     ({"input": ""}, "input: must be a non-empty string for chat"),
     ({"input": "x", "messages": MSG}, "give either 'input' or 'messages', not both"),
@@ -239,3 +239,29 @@ def test_stream_source_yields_invalid_lines_at_once_and_skips_done() -> None:
     assert isinstance(items[0], InvalidLine) and items[0].line == 3
     assert [(i.line, i.id) for i in items[1:]] == [(2, "s1"), (5, "s0")]
     assert (src.total, src.done, src.invalid, src.pending) == (4, 1, 1, 2)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":"a","input":"hi"}',
+    b'{"id":7,"messages":[{"role":"system","content":"s","name":null},{"role":"user",'
+    b'"content":[{"type":"text","text":"x"}]}],"params":{"temperature":0,"max_tokens":5,'
+    b'"seed":null,"foo":"bar"},"priority":9,"metadata":{"a":1}}',
+    b'{"endpoint":"embeddings","input":["a","b"],"model":"text-embedding-3-small",'
+    b'"params":{"dimensions":4}}',
+    b'{"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"model":"m",'
+    b'"messages":[{"role":"user","content":"x"}],"max_tokens":3,"temperature":null}}',
+    b'{"custom_id":"d","url":"/v1/embeddings","body":{"input":"x"}}',
+    b'{"input":"no id","model":null}',
+])
+def test_trusted_parse_builds_the_same_request_as_validation(raw: bytes) -> None:
+    validated = parse_line(raw, 3, "gpt-4o-mini")
+    assert isinstance(validated, Request)
+    assert parse_line(raw, 3, "gpt-4o-mini", trusted=True) == validated
+
+
+def test_numbers_in_strings_are_refused_not_coerced() -> None:
+    item = parse_line(b'{"input":"x","params":{"temperature":"0.5"}}', 1, "m")
+    assert isinstance(item, InvalidLine)
+    assert item.message.startswith("params.temperature: Input should be a valid number")
+    item = parse_line(b'{"input":"x","priority":"9"}', 1, "m")
+    assert isinstance(item, InvalidLine) and "priority" in item.message
