@@ -87,8 +87,11 @@ def run(
         "--fallback-model", envvar=_env("fallback_model"),
         help="Tried in order after the model's retries run out or it is not found. "
         "Repeatable.")] = None,
-    concurrency: Annotated[int, typer.Option(envvar=_env("concurrency"), min=1,
-                                             help="Most requests in flight at once.")] = 50,
+    concurrency: Annotated[int | None, typer.Option(
+        envvar=_env("concurrency"), min=1,
+        help="Most requests in flight at once [default: 50]. The first request goes alone; "
+        "a value you give opens in full after the first answer, the default ramps up "
+        "like TCP slow start.")] = None,
     rpm: Annotated[float | None, typer.Option(
         envvar=_env("rpm"), min=0.001,
         help="Requests per minute, a hard ceiling spread evenly over the minute. "
@@ -211,7 +214,8 @@ def run(
         raise UsageError("--retry-failed and --restart need an OUTPUT file")
     cfg = RunConfig(
         input=input, output=output, model=model, fallback_models=list(fallback_model or []),
-        concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
+        concurrency=concurrency or 50, concurrency_given=concurrency is not None, rpm=rpm,
+        tpm=tpm, max_retries=max_retries, timeout=timeout,
         base_url=base_url, api_key=api_key, max_cost=max_cost,
         budget_max_tokens=budget_max_tokens, prices=prices, retry_failed=retry_failed,
         restart=restart, simulate=simulate, quiet=quiet, progress=progress,

@@ -26,6 +26,7 @@ BURST_SECONDS = 0.05  # credit an idle pacer may spend at once: 5 % of a second'
 HEADER_MARGIN = 0.97  # settle this far under a ceiling learned from headers
 BACKOFF_FACTOR = 0.85  # pace multiplier after a 429
 MIN_FRACTION = 0.1  # never slow below this fraction of the ceiling
+INITIAL_WINDOW = 10  # in flight after the first success at an unknown ceiling (TCP's IW10)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -155,7 +156,8 @@ class Limits:
     """Concurrency gate, request and token pacers, shared pause, and what headers teach."""
 
     def __init__(self, *, concurrency: int, rpm: float | None = None, tpm: float | None = None,
-                 clock: Clock, sleep: Sleep = asyncio.sleep, slow_start: bool = True) -> None:
+                 clock: Clock, sleep: Sleep = asyncio.sleep, slow_start: bool = True,
+                 concurrency_given: bool = False) -> None:
         self.max_concurrency = max(1, concurrency)
         self.user_rpm, self.user_tpm = rpm, tpm
         self.rpm_ceiling, self.tpm_ceiling = rpm, tpm
@@ -168,6 +170,10 @@ class Limits:
         self._opened = not slow_start
         self._cwnd = float(self.gate.limit)
         self._told = rpm is not None or tpm is not None
+        # A ceiling the user chose (rates, or an explicit --concurrency) is opened in full
+        # once the first answer proves key and endpoint; otherwise the window starts at
+        # INITIAL_WINDOW and grows by one per success (doubling per round trip).
+        self._open_fully = self._told or concurrency_given
 
     # -- the two waits every attempt goes through ------------------------------------------
     async def slot(self) -> None:
@@ -200,10 +206,10 @@ class Limits:
         self._learn(headers)
         if not self._opened:
             self._opened = True
-            if self._told:
-                self.gate.set_limit(self.max_concurrency)
-                self._cwnd = float(self.max_concurrency)
-                return
+            full = self._open_fully or self.max_concurrency <= INITIAL_WINDOW
+            self._cwnd = float(self.max_concurrency if full else INITIAL_WINDOW)
+            self.gate.set_limit(int(self._cwnd))
+            return
         # Slow start doubles the window each round trip; after a 429, grow by one per window.
         if self._cwnd < self.max_concurrency:
             step = 1.0 if self.rate_limited == 0 else 1.0 / self._cwnd

@@ -220,12 +220,16 @@ class Done:
 
     def __init__(self) -> None:
         self._bits = bytearray()
+        self.count = 0
 
     def add(self, line: int) -> None:
         byte = line >> 3
         if byte >= len(self._bits):
             self._bits.extend(bytes(byte + 1 - len(self._bits) + 4096))
-        self._bits[byte] |= 1 << (line & 7)
+        bit = 1 << (line & 7)
+        if not self._bits[byte] & bit:
+            self._bits[byte] |= bit
+            self.count += 1
 
     def __contains__(self, line: int) -> bool:
         byte = line >> 3
@@ -261,7 +265,8 @@ class FileSource:
 
     def scan(self, done: Done | None, on_invalid: OnInvalid) -> None:
         """Validate every line not yet done; invalid ones go to `on_invalid` (once each)."""
-        ids = IdSet(count_lines(self.path))
+        # Sized for the lines still to read: a resume of a mostly done file stays small.
+        ids = IdSet(count_lines(self.path) - (done.count if done is not None else 0))
         prio = bytearray()
         with self.open() as f:
             prio.append(0)  # line numbers start at 1

@@ -317,12 +317,30 @@ def test_told_limits_open_to_full_concurrency_on_first_success() -> None:
 
 def test_unknown_ceiling_ramps_up_one_per_success() -> None:
     vt = VirtualTime()
-    lim = make_limits(vt, concurrency=10)
+    lim = make_limits(vt, concurrency=14)
     seen = []
-    for _ in range(12):
+    for _ in range(7):
         lim.on_success({}, 10, 10)
         seen.append(lim.gate.limit)
-    assert seen == [2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10]
+    # The first success opens TCP's initial window of 10, then one more per success.
+    assert seen == [10, 11, 12, 13, 14, 14, 14]
+
+
+def test_small_concurrency_opens_in_full_on_first_success() -> None:
+    vt = VirtualTime()
+    lim = make_limits(vt, concurrency=6)
+    lim.on_success({}, 10, 10)
+    assert lim.gate.limit == 6
+
+
+def test_explicit_concurrency_opens_in_full_but_429s_still_halve_it() -> None:
+    vt = VirtualTime()
+    lim = make_limits(vt, concurrency=200, concurrency_given=True)
+    assert lim.gate.limit == 1
+    lim.on_success({}, 10, 10)
+    assert lim.gate.limit == 200
+    lim.on_rate_limited({}, 0.5)
+    assert lim.gate.limit == 100
 
 
 def test_no_slow_start_opens_at_once() -> None:
@@ -531,7 +549,7 @@ def test_repeated_429s_never_slow_below_the_floor() -> None:
 def test_rate_limited_halves_the_window_at_an_unknown_ceiling() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, concurrency=40)
-    for _ in range(31):
+    for _ in range(23):  # the initial window of 10, then one per success
         lim.on_success({}, 1, 1)
     assert lim.gate.limit == 32
     lim.on_rate_limited({}, 0.1)
