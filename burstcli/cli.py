@@ -402,6 +402,79 @@ def stats(
         render(figures, _console())
 
 
+batch_app = typer.Typer(help="Inspect or cancel the Batch API jobs of a `--via batch` run.",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("status")
+@_boundary
+def batch_status(
+    output: Annotated[Path, typer.Argument(help="OUTPUT of a `burstq run --via batch`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """What the run's state file knows about its batches (no API call).
+
+    Example:
+
+        burstq batch status responses.jsonl
+    """
+    import orjson
+
+    from .batch import describe_batches
+    from .errors import InputError
+
+    info = describe_batches(output)
+    if info is None:
+        raise InputError(f"no batch state next to {output} (is it the OUTPUT of a "
+                         "`--via batch` run?)")
+    if as_json:
+        sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{output}: {info['active']} active, "
+                  f"{info['waiting_for_next_round']} waiting for the next round",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("shard", "model", "round", "state", "status", "batch id", "requests"):
+        table.add_column(col)
+    for sh in info["shards"]:
+        table.add_row(str(sh["shard"]), sh["model"], str(sh["round"]), sh["state"],
+                      str(sh["status"] or ""), str(sh["batch_id"] or ""), str(sh["requests"]))
+    _console().print(table)
+
+
+@batch_app.command("cancel")
+@_boundary
+def batch_cancel(
+    output: Annotated[Path, typer.Argument(help="OUTPUT of a `burstq run --via batch`.")],
+    base_url: Annotated[str | None, typer.Option(
+        envvar=[_env("base_url"), "OPENAI_BASE_URL"], help="API base URL.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar=[_env("api_key"), "OPENAI_API_KEY"], show_default=False,
+        help="API key (default: $OPENAI_API_KEY).")] = None,
+) -> None:
+    """Cancel the run's batches still running at the provider.
+
+    A rerun then records their requests as failed (batch_cancelled); --retry-failed redoes
+    them.
+
+    Example:
+
+        burstq batch cancel responses.jsonl
+    """
+    import asyncio
+
+    from .batch import cancel_batches
+    from .runner import RunConfig
+
+    cfg = RunConfig(input="", output=str(output), base_url=base_url, api_key=api_key)
+    cancelled = asyncio.run(cancel_batches(cfg, warn=lambda m: _err(f"burstq: warning: {m}")))
+    _err(f"burstq: cancelled {len(cancelled)} batch(es)" +
+         (": " + ", ".join(cancelled) if cancelled else ""))
+
+
 @app.command("mock-server")
 @_boundary
 def mock_server(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,22 @@ def test_openai_batch_output_format_direct_mode_and_resume(tmp_path: Path, serve
     # Switching format against the same OUTPUT is refused.
     res = run_cli(run_args(srv, inp, out))
     assert res.exit_code == 2 and "output_format" in res.stderr
+
+
+def test_batch_status_and_cancel(tmp_path: Path, server) -> None:
+    srv = server(batch_seconds=0.3)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "input": f"x{i}"}
+                                              for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    res = run_cli(run_args(srv, inp, out, "--via", "batch", "--batch-size", "2",
+                           "--batch-poll", "0.05"))
+    assert res.exit_code == 0
+    res = run_cli(["batch", "status", str(out), "--json"])
+    assert res.exit_code == 0
+    info = json.loads(res.stdout)
+    assert info["active"] == 0 and len(info["shards"]) == 2
+    assert {s["state"] for s in info["shards"]} == {"done"}
+    res = run_cli(["batch", "cancel", str(out), "--base-url", srv.base_url, "--api-key", "k"])
+    assert res.exit_code == 0 and "cancelled 0 batch" in res.stderr
+    res = run_cli(["batch", "status", str(tmp_path / "nope.jsonl")])
+    assert res.exit_code == 2
