@@ -51,6 +51,7 @@ class CallError(Exception):
         self.maybe_billed = maybe_billed  # sent, answer lost: the provider may charge for it
         self.headers: Mapping[str, str] = headers or {}
         self.body = body  # the provider's parsed error body, when it sent JSON
+        self.unreachable = False  # could not even connect (nothing was sent)
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type, "message": self.message, "status_code": self.status_code}
@@ -103,8 +104,10 @@ class ApiClient:
             raise CallError("timeout", f"no answer within {self.timeout.total:g}s",
                             retryable=True, maybe_billed=True) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise CallError("connection", self.redact(f"cannot connect to {url}: {exc}"),
-                            retryable=True) from exc
+            err = CallError("connection", self.redact(f"cannot connect to {url}: {exc}"),
+                            retryable=True)
+            err.unreachable = True
+            raise err from exc
         except (aiohttp.ClientError, OSError) as exc:
             # Reset or closed after the request left: the provider may have done (and billed) it.
             raise CallError("connection", self.redact(f"{type(exc).__name__}: {exc}"),

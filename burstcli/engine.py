@@ -116,6 +116,7 @@ class Engine:
         self._fatal: CallError | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._write_error: OSError | None = None
+        self._answered = False  # any 200 yet? (tells a dead endpoint from a flaky one)
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -280,6 +281,7 @@ class Engine:
                     tally.in_flight -= 1
                     raise
                 tally.in_flight -= 1
+                self._answered = True
                 usage = reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) \
                     else None
                 limits.on_success(reply.headers, req.est_tokens,
@@ -289,6 +291,11 @@ class Engine:
             if last is not None and not (last.fallback or last.retryable):
                 break  # a bad request is bad for every model
         assert last is not None
+        if last.unreachable and not self._answered:
+            # Nothing has ever answered: a wrong --base-url or a server that is down. Stop
+            # rather than fail every line; the request stays unrecorded for the rerun.
+            raise _Fatal(CallError("connection", f"{last.message} (no request has been "
+                                   "answered yet: check --base-url / OPENAI_BASE_URL)"))
         return self._failed(req, last, attempts, unanswered, started)
 
     def _backoff(self, retry: int, server_hint: float | None) -> float:

@@ -453,3 +453,20 @@ def test_after_a_wrong_key_the_same_command_with_the_right_key_resumes(tmp_path:
     assert res.exit_code == 0, res.output
     assert all(r["status"] == "completed" for r in by_id(out, 40).values())
     assert settled(srv)["by_status"] == {"401": settled(srv)["by_status"]["401"], "200": 40}
+
+
+def test_unreachable_base_url_stops_the_run_instead_of_failing_every_line(tmp_path) -> None:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "input": "x"} for i in range(50)])
+    out = tmp_path / "out.jsonl"
+    res = run_cli(["run", str(inp), "-o", str(out), "--base-url", f"http://127.0.0.1:{port}/v1",
+                   "--api-key", TEST_KEY, "--max-retries", "2", "--backoff-base", "0.01",
+                   "--progress", "quiet"])
+    assert res.exit_code == 2
+    assert "check --base-url" in res.stderr and TEST_KEY not in res.stderr
+    assert not out.exists() or out.read_text() == ""  # nothing recorded: a rerun sends all
