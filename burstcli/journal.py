@@ -83,7 +83,7 @@ class ResumeState:
         return self.completed + self.failed
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
+def read_sidecar(path: Path) -> dict[str, Any] | None:
     try:
         data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -101,7 +101,7 @@ def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
     os.replace(tmp, side)
 
 
-def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+def check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     if old.get("input_sha256") and new.get("input_sha256") and \
             old["input_sha256"] != new["input_sha256"]:
         raise ResumeMismatch(
@@ -126,10 +126,10 @@ def open_for_resume(output: Path, fingerprint: dict[str, Any], *, restart: bool 
             p.unlink(missing_ok=True)
     state = ResumeState(ids={} if keep_ids else None)
     if output.exists() and output.stat().st_size > 0:
-        old = _read_sidecar(side)
+        old = read_sidecar(side)
         if old is not None:
-            _check_fingerprint(output, old, fingerprint)
-        state.repaired_bytes = _repair_tail(output)
+            check_fingerprint(output, old, fingerprint)
+        state.repaired_bytes = repair_tail(output)
         _scan(output, state, retry_failed)
     write_sidecar(output, fingerprint)
     return state
@@ -148,7 +148,7 @@ def _last_newline_before(f: IO[bytes], pos: int) -> int:
     return -1
 
 
-def _repair_tail(output: Path) -> int:
+def repair_tail(output: Path) -> int:
     """Cut a torn last line (no newline, or not valid JSON) left by a hard kill."""
     size = output.stat().st_size
     with output.open("rb+") as f:

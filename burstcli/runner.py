@@ -148,7 +148,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     spent_before = 0.0
     formatter = None
     if cfg.output_format == "openai-batch":
-        from .batch import resume_openai_batch, to_openai_batch_line
+        from .formats import resume_openai_batch, to_openai_batch_line
 
         if in_path is None or out_path is None:
             raise UsageError("--output-format openai-batch needs an INPUT file and an OUTPUT "

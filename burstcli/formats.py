@@ -1,0 +1,114 @@
+"""The OpenAI Batch API's output-line shape, for `--output-format openai-batch`.
+
+OpenAI's batch output files and `vllm run-batch` write `{id, custom_id, response: {status_code,
+request_id, body} | null, error}` lines; tools built for them can read burstq's output in that
+shape, in direct and in batch mode. Those lines carry no line numbers, so resuming matches
+custom_ids against INPUT's request ids instead of using the done bitmap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import UsageError
+from .journal import (
+    ResumeState,
+    check_fingerprint,
+    read_sidecar,
+    repair_tail,
+    sidecar_path,
+    write_sidecar,
+)
+from .reader import parse_line
+
+
+def to_openai_batch_line(result_record: dict[str, Any], body: dict[str, Any] | None,
+                         status_code: int, request_id: str | None, *,
+                         line_id: str | None = None) -> dict[str, Any]:
+    """A burstq record in the Batch API's output-line shape (what OpenAI and `vllm run-batch`
+    write): {id, custom_id, response: {status_code, request_id, body} | null, error}.
+
+    `body` is the provider's JSON answer (an error body for an HTTP error); without one the
+    failure goes in `error` as {code, message}. As in OpenAI's files, an HTTP error keeps
+    `error` null and is told by `response.status_code`. `line_id` is the provider's line id
+    when there is one; otherwise a stable id derived from the request id.
+    """
+    custom_id = str(result_record.get("request_id"))
+    if line_id is None:
+        line_id = "batch_req_" + hashlib.blake2b(custom_id.encode(), digest_size=12).hexdigest()
+    response = None
+    if body is not None:
+        response = {"status_code": status_code, "request_id": request_id, "body": body}
+    error = None
+    http_error = body is not None and status_code >= 400
+    if result_record.get("status") != "completed" and not http_error:
+        err = result_record.get("error") or {}
+        error = {"code": err.get("type") or "unknown", "message": err.get("message") or ""}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": error}
+
+
+def _openai_line_failed(rec: dict[str, Any]) -> bool:
+    response = rec.get("response")
+    status = response.get("status_code") if isinstance(response, dict) else None
+    return rec.get("error") is not None or not isinstance(status, int) or status >= 400
+
+
+def resume_openai_batch(output: Path, input_path: Path, fingerprint: dict[str, Any], *,
+                        default_model: str, restart: bool = False,
+                        retry_failed: bool = False) -> ResumeState:
+    """open_for_resume for an OUTPUT in the Batch API shape, which has no line numbers: the
+    done lines are found by matching custom_ids against INPUT's request ids."""
+    side = sidecar_path(output)
+    if restart:
+        for p in (output, side):
+            p.unlink(missing_ok=True)
+    state = ResumeState()
+    if output.exists() and output.stat().st_size > 0:
+        old = read_sidecar(side)
+        if old is not None:
+            check_fingerprint(output, old, fingerprint)
+        state.repaired_bytes = repair_tail(output)
+        counts: dict[str, int] = {}
+        kept: list[bytes] = []
+        with output.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = orjson.loads(raw)
+                    cid = str(rec["custom_id"])
+                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise UsageError(f"{output}:{n}: not a Batch API output line ({exc}); "
+                                     "refusing to resume over it. Use --restart to start "
+                                     "over, or another -o OUTPUT.") from exc
+                failed = _openai_line_failed(rec)
+                if failed and retry_failed:
+                    state.dropped_failed += 1
+                    continue
+                if retry_failed:
+                    kept.append(raw)
+                counts[cid] = counts.get(cid, 0) + 1
+                if failed:
+                    state.failed += 1
+                else:
+                    state.completed += 1
+        if state.dropped_failed:
+            tmp = output.with_name(output.name + ".tmp")
+            tmp.write_bytes(b"".join(kept))
+            os.replace(tmp, output)
+        with input_path.open("rb") as f:
+            for line, raw in enumerate(f, start=1):
+                item = parse_line(raw, line, default_model)
+                if item is None:
+                    continue
+                rid = item.id or f"line-{line}"
+                if counts.get(rid, 0) > 0:
+                    counts[rid] -= 1
+                    state.done.add(line)
+    write_sidecar(output, fingerprint)
+    return state
