@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAME[,NAME]] [--json PATH] [--keep]`.
+"""`python -m bench [--quick] [--only NAME[,NAME]] [--json PATH] [--burstcli DIR] [--keep]`.
 
 Runs the scenarios in issue order, prints each figure as it is measured and a table at the end.
 The exit status says whether the bench *ran*, never whether a target was met: 0 when every
@@ -45,7 +45,7 @@ def machine() -> dict[str, Any]:
         rev, dirty = "", ""
     where = f"{rev} (+ uncommitted burstcli/)" if dirty else rev
     if h.SRC is not None:
-        where = f"burstcli/ from {h.SRC} (HEAD {rev})"
+        where = f"burstcli/ from {h.SRC} (the repository itself is at {rev})"
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "platform": platform.platform(), "burstq": where}
 
@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     sizes = QUICK if args.quick else FULL
     print(f"burstq bench ({'quick' if args.quick else 'full'}): {', '.join(names)}")
+    if args.quick:
+        print("quick mode checks that the bench runs: its runs are ~10 s, so start-up and the "
+              "first round trip weigh on scenarios 1 and 3; judge targets on a full run")
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}, "
           f"burstq {info['burstq']}", flush=True)
 

@@ -1,8 +1,9 @@
 """Plumbing shared by the scenarios: servers as child processes, burstq runs, data files.
 
-Every burstq run is a fresh child process started from the console script, timed from just
-before spawn to its exit, and reaped with os.wait4 so its own peak RSS comes back with it
-(no /usr/bin/time needed, and no mixing with other children as RUSAGE_CHILDREN would).
+Every burstq run is a fresh child process started from the console script through
+bench/spawn.py, which times it from spawn to exit and reaps it with os.wait4, so its own CPU
+time and peak RSS come back with it (no /usr/bin/time needed, no mixing with other children as
+RUSAGE_CHILDREN would, and no inheriting the bench's own high-water mark; see spawn.py).
 """
 
 from __future__ import annotations
