@@ -168,19 +168,23 @@ def _request(line: int, rid: str, endpoint: Any, model: str, body: dict[str, Any
 
 
 class IdSet:
-    """Set of request ids in about 16 bytes an id: open addressing over 64-bit digests.
+    """Set of request ids in about 11 bytes an id: open addressing over 64-bit digests.
 
     A million ids as Python strings in a set cost ~100 MB; this keeps memory flat. Digests are
-    blake2b, so a false "duplicate" needs a 64-bit collision.
+    blake2b, so a false "duplicate" needs a 64-bit collision. The table is sized for a load
+    of at most 0.75 (not a power of two: a 1M-id table is 10.7 MB instead of 16.8 MB).
     """
 
+    LOAD = 0.75
+
     def __init__(self, capacity: int = 1024) -> None:
-        size = 1024
-        while size < capacity * 2:
-            size *= 2
-        self._slots = array("Q", bytes(8 * size))
-        self._mask = size - 1
+        self._alloc(max(1024, int(capacity / self.LOAD) + 1))
         self._count = 0
+
+    def _alloc(self, size: int) -> None:
+        self._slots = array("Q", bytes(8 * size))
+        self._size = size
+        self._limit = int(size * self.LOAD)
 
     def __len__(self) -> int:
         return self._count
@@ -188,31 +192,30 @@ class IdSet:
     def add(self, rid: str) -> bool:
         """Add an id; False when it was already there."""
         h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little") or 1
-        slots, mask = self._slots, self._mask
-        i = h & mask
+        if self._insert(h):
+            self._count += 1
+            if self._count > self._limit:
+                old = self._slots
+                self._alloc(self._size * 2)
+                for x in old:
+                    if x:
+                        self._insert(x)
+            return True
+        return False
+
+    def _insert(self, h: int) -> bool:
+        slots, size = self._slots, self._size
+        i = h % size
         while True:
             cur = slots[i]
             if cur == 0:
                 slots[i] = h
-                self._count += 1
-                if self._count * 2 > mask:
-                    self._grow()
                 return True
             if cur == h:
                 return False
-            i = (i + 1) & mask
-
-    def _grow(self) -> None:
-        old = self._slots
-        size = (self._mask + 1) * 2
-        self._slots = array("Q", bytes(8 * size))
-        self._mask = size - 1
-        for h in old:
-            if h:
-                i = h & self._mask
-                while self._slots[i]:
-                    i = (i + 1) & self._mask
-                self._slots[i] = h
+            i += 1
+            if i == size:
+                i = 0
 
 
 class Done:
