@@ -140,15 +140,10 @@ class Engine:
             if self._stop is None:
                 raise
         except BaseException:
-            await self._drain(0)  # a config error mid-run: stop, keep what finished
+            await self._drain(at_once=True)  # a config error mid-run: keep what finished
             self._flush()
             raise
-        if self._stop == "interrupted":
-            await self._drain(self.config.grace)
-        elif self._stop == "fatal":
-            await self._drain(0)
-        else:
-            await self._drain(None)
+        await self._drain()
         self._flush()
         if self._write_error is not None:
             raise UsageError(f"cannot write output: {self._write_error}")
@@ -159,19 +154,23 @@ class Engine:
             error = FatalProviderError(self._fatal.type, self._fatal.message)
         return RunOutcome(reason, self.tally, self._signal, error)
 
-    async def _drain(self, timeout: float | None) -> None:
-        """Wait for in-flight work (up to `timeout`), then cancel what is left unrecorded."""
+    async def _drain(self, *, at_once: bool = False) -> None:
+        """Wait for in-flight work; once interrupted, for `grace` seconds at most (even if the
+        signal arrives while draining); then cancel what is left, unrecorded, for the rerun."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() if at_once else None
         while self._tasks:
-            pending = set(self._tasks)
-            if timeout is None:
-                await asyncio.wait(pending)
-                continue
-            done, still = await asyncio.wait(pending, timeout=timeout)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still)
-            timeout = 0
+            if self._stop == "fatal":
+                deadline = loop.time()
+            elif self._stop == "interrupted" and deadline is None:
+                deadline = loop.time() + self.config.grace
+            if deadline is not None and loop.time() >= deadline:
+                for t in self._tasks:
+                    t.cancel()
+                await asyncio.wait(set(self._tasks))
+                return
+            step = 0.25 if deadline is None else max(0.0, min(0.25, deadline - loop.time()))
+            await asyncio.wait(set(self._tasks), timeout=step)
 
     async def _dispatch(self, items: AsyncIterator[Request | InvalidLine]) -> None:
         async for item in items:
