@@ -937,20 +937,7 @@ class BatchRun:
         return result
 
     def _emit(self, result: Result, out: LineOutcome | None) -> dict[str, Any]:
-        t = self.tally
-        if result.status == "completed":
-            t.completed += 1
-        else:
-            t.failed += 1
-            etype = (result.error or {}).get("type", "unknown")
-            t.errors[etype] = t.errors.get(etype, 0) + 1
-        if result.usage:
-            t.prompt_tokens += int(result.usage.get("prompt_tokens") or 0)
-            t.completion_tokens += int(result.usage.get("completion_tokens") or 0)
-        if result.cost_usd is not None:
-            t.cost_usd += result.cost_usd
-        elif result.status == "completed":
-            t.unpriced += 1
+        self.tally.count(result)
         if self.budget is not None:
             self.budget.settle(self.held.pop(result.line, 0.0), result.cost_usd)
         record = result.record()
@@ -1078,8 +1065,7 @@ async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], N
     `request_stop`). Cancelling the task is safe at any instant too: the state file is
     always consistent and the rerun reattaches.
     """
-    from .pricing import PriceBook, PricesFileError
-    from .runner import OPENAI_BASE_URL, shaping
+    from .runner import provider, shaping
 
     settings = settings_from(cfg, poll_interval)
     if cfg.input == "-":
@@ -1101,14 +1087,7 @@ async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], N
             simulate_server = ThreadedMockServer(MockConfig(batch_seconds=2.0, seed=7))
             simulate_server.start()
             base_url, api_key = simulate_server.base_url, "sk-simulate"
-        base_url = base_url or OPENAI_BASE_URL
-        if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
-            raise UsageError("no API key: set OPENAI_API_KEY or pass --api-key "
-                             "(or try the whole pipeline offline with --simulate)")
-        try:
-            prices = PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
-        except PricesFileError as exc:
-            raise UsageError(str(exc)) from exc
+        base_url, prices = provider(cfg, base_url, api_key, warn)
         shape = dict(shaping(cfg))
         if settings.output_format != "burstq":
             shape.setdefault("output_format", settings.output_format)

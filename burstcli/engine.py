@@ -335,20 +335,7 @@ class Engine:
 
     # -- output -----------------------------------------------------------------------------
     def _record(self, result: Result) -> None:
-        t = self.tally
-        if result.status == "completed":
-            t.completed += 1
-        else:
-            t.failed += 1
-            etype = (result.error or {}).get("type", "unknown")
-            t.errors[etype] = t.errors.get(etype, 0) + 1
-        if result.usage:
-            t.prompt_tokens += int(result.usage.get("prompt_tokens") or 0)
-            t.completion_tokens += int(result.usage.get("completion_tokens") or 0)
-        if result.cost_usd is not None:
-            t.cost_usd += result.cost_usd
-        elif result.status == "completed":
-            t.unpriced += 1
+        self.tally.count(result)
         for listener in self.listeners:
             listener(result)
         self._pending.append(self._format(result))

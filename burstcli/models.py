@@ -190,3 +190,19 @@ class Tally:
     @property
     def finished(self) -> int:
         return self.completed + self.failed
+
+    def count(self, result: Result) -> None:
+        """Add one finished request's figures."""
+        if result.status == "completed":
+            self.completed += 1
+        else:
+            self.failed += 1
+            etype = (result.error or {}).get("type", "unknown")
+            self.errors[etype] = self.errors.get(etype, 0) + 1
+        if result.usage:
+            self.prompt_tokens += int(result.usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(result.usage.get("completion_tokens") or 0)
+        if result.cost_usd is not None:
+            self.cost_usd += result.cost_usd
+        elif result.status == "completed":
+            self.unpriced += 1

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import ApiClient
 from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items
@@ -24,6 +24,9 @@ from .limits import Limits
 from .models import InvalidLine, Request, Result, Tally
 from .progress import Reporter
 from .reader import Done, FileSource, StreamSource, file_digest
+
+if TYPE_CHECKING:
+    from .pricing import PriceBook
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
@@ -75,6 +78,21 @@ class RunReport:
     budget_spent: float | None = None
 
 
+def provider(cfg: RunConfig, base_url: str | None, api_key: str | None,
+             warn: Callable[[str], None]) -> tuple[str, PriceBook]:
+    """The base URL to call (refusing OpenAI's without a key) and the prices for its models."""
+    from .pricing import PriceBook, PricesFileError
+
+    base_url = base_url or OPENAI_BASE_URL
+    if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise UsageError("no API key: set OPENAI_API_KEY or pass --api-key "
+                         "(or try the whole pipeline offline with --simulate)")
+    try:
+        return base_url, PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
+    except PricesFileError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def shaping(cfg: RunConfig) -> dict[str, Any]:
     """Options that change what is sent: a resume with other values would mix two jobs."""
     shape: dict[str, Any] = {"model": cfg.model}
@@ -103,7 +121,7 @@ def execute(cfg: RunConfig, *, on_ready: Callable[[Engine], None] | None = None)
 
 
 async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) -> RunReport:
-    from .pricing import PriceBook, PricesFileError, worst_case_cost
+    from .pricing import worst_case_cost
 
     started = time.monotonic()
     warnings: list[str] = []
@@ -128,14 +146,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
             tpm=max(1, int(cfg.tpm)) if cfg.tpm else None))
         simulate_server.start()
         base_url, api_key = simulate_server.base_url, "sk-simulate"
-    base_url = base_url or OPENAI_BASE_URL
-    if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
-        raise UsageError("no API key: set OPENAI_API_KEY or pass --api-key "
-                         "(or try the whole pipeline offline with --simulate)")
-    try:
-        prices = PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
-    except PricesFileError as exc:
-        raise UsageError(str(exc)) from exc
+    base_url, prices = provider(cfg, base_url, api_key, warn)
 
     tally = Tally()
     out_path = None if cfg.output == "-" else Path(cfg.output)
