@@ -37,17 +37,32 @@ def machine() -> dict[str, Any]:
     except OSError:
         cpu = platform.processor()
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=h.ROOT,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "burstcli"], cwd=h.ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=h.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "burstcli"],
+            cwd=h.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev, dirty = "", ""
     where = f"{rev} (+ uncommitted burstcli/)" if dirty else rev
     if h.SRC is not None:
         where = f"burstcli/ from {h.SRC} (the repository itself is at {rev})"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "burstq": where}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "burstq": where,
+    }
 
 
 def fmt_value(x: float | None, unit: str) -> str:
@@ -80,10 +95,16 @@ def _bunit(f: Figure) -> str:
 
 
 def report(f: Figure) -> None:
-    base = f" vs {f.baseline_name} {fmt_value(f.baseline, _bunit(f))}" \
-        if f.baseline is not None else ""
-    print(f"[{f.scenario}] {f.name}: {fmt_value(f.value, f.unit)}{base} -> ratio "
-          f"{fmt_ratio(f)}; target {f.target or '-'}: {verdict(f)}", flush=True)
+    base = (
+        f" vs {f.baseline_name} {fmt_value(f.baseline, _bunit(f))}"
+        if f.baseline is not None
+        else ""
+    )
+    print(
+        f"[{f.scenario}] {f.name}: {fmt_value(f.value, f.unit)}{base} -> ratio "
+        f"{fmt_ratio(f)}; target {f.target or '-'}: {verdict(f)}",
+        flush=True,
+    )
     if f.note:
         print(f"    {f.note}", flush=True)
 
@@ -91,10 +112,22 @@ def report(f: Figure) -> None:
 def table(figs: list[Figure]) -> str:
     rows = [("scenario", "figure", "value", "baseline (same run)", "ratio", "target", "")]
     for f in figs:
-        base = f"{fmt_value(f.baseline, _bunit(f))} ({f.baseline_name})" \
-            if f.baseline is not None else f.baseline_name or "-"
-        rows.append((f.scenario, f.name, fmt_value(f.value, f.unit), base, fmt_ratio(f),
-                     f.target or "-", verdict(f)))
+        base = (
+            f"{fmt_value(f.baseline, _bunit(f))} ({f.baseline_name})"
+            if f.baseline is not None
+            else f.baseline_name or "-"
+        )
+        rows.append(
+            (
+                f.scenario,
+                f.name,
+                fmt_value(f.value, f.unit),
+                base,
+                fmt_ratio(f),
+                f.target or "-",
+                verdict(f),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, r in enumerate(rows):
@@ -106,17 +139,29 @@ def table(figs: list[Figure]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="short sizes for CI (about a minute); exit 0 whatever the timings")
-    ap.add_argument("--only", metavar="NAME", action="append", default=[],
-                    help=f"run only these scenarios ({', '.join(SCENARIOS)} or 1-6); "
-                    "repeatable or comma-separated")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="short sizes for CI (about a minute); exit 0 whatever the timings",
+    )
+    ap.add_argument(
+        "--only",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help=f"run only these scenarios ({', '.join(SCENARIOS)} or 1-6); "
+        "repeatable or comma-separated",
+    )
     ap.add_argument("--json", metavar="PATH", type=Path, help="write the figures as JSON")
     ap.add_argument("--workdir", type=Path, help="where data files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the data files")
-    ap.add_argument("--burstcli", metavar="DIR", type=Path,
-                    help="measure the burstcli/ package in DIR instead of the installed one "
-                    "(e.g. `git archive HEAD burstcli | tar -x -C DIR`)")
+    ap.add_argument(
+        "--burstcli",
+        metavar="DIR",
+        type=Path,
+        help="measure the burstcli/ package in DIR instead of the installed one "
+        "(e.g. `git archive HEAD burstcli | tar -x -C DIR`)",
+    )
     args = ap.parse_args(argv)
     if args.burstcli:
         h.use_source(args.burstcli)
@@ -134,10 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     print(f"burstq bench ({'quick' if args.quick else 'full'}): {', '.join(names)}")
     if args.quick:
-        print("quick mode checks that the bench runs: its runs are ~10 s, so start-up and the "
-              "first round trip weigh on scenarios 1 and 3; judge targets on a full run")
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}, "
-          f"burstq {info['burstq']}", flush=True)
+        print(
+            "quick mode checks that the bench runs: its runs are ~10 s, so start-up and the "
+            "first round trip weigh on scenarios 1 and 3; judge targets on a full run"
+        )
+    print(
+        f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}, "
+        f"burstq {info['burstq']}",
+        flush=True,
+    )
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="burstq-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -168,16 +218,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== figures ({elapsed:.0f} s) ==")
     print(table(ctx.figures))
     missed = [f for f in ctx.figures if f.met is False]
-    print(f"\n{len(ctx.figures)} figures, {sum(f.met is True for f in ctx.figures)} targets met, "
-          f"{len(missed)} missed, {len(errors)} scenarios failed to run")
+    print(
+        f"\n{len(ctx.figures)} figures, {sum(f.met is True for f in ctx.figures)} targets met, "
+        f"{len(missed)} missed, {len(errors)} scenarios failed to run"
+    )
     for name, err in errors.items():
         print(f"  failed: {name}: {err}")
     if args.json:
-        h.dump_json(args.json, {"mode": "quick" if args.quick else "full", "machine": info,
-                                "elapsed_s": elapsed, "scenario_seconds": timings,
-                                "load_average_at_start": load,
-                                "errors": errors, "sizes": vars(sizes),
-                                "figures": [f.as_dict() for f in ctx.figures]})
+        h.dump_json(
+            args.json,
+            {
+                "mode": "quick" if args.quick else "full",
+                "machine": info,
+                "elapsed_s": elapsed,
+                "scenario_seconds": timings,
+                "load_average_at_start": load,
+                "errors": errors,
+                "sizes": vars(sizes),
+                "figures": [f.as_dict() for f in ctx.figures],
+            },
+        )
         print(f"wrote {args.json}")
     return 1 if errors else 0
 

@@ -22,19 +22,31 @@ from typing import Any
 
 import orjson
 
-_CHAT = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_700_000_000,
-    "model": "gpt-4o-mini",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo: ok",
-                                         "refusal": None},
-                 "logprobs": None, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
-    "system_fingerprint": "fp_bench"})
+_CHAT = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "echo: ok", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        "system_fingerprint": "fp_bench",
+    }
+)
 
 
 def _response(body: bytes, status: str = "200 OK") -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 _CHAT_RESPONSE = _response(_CHAT)
@@ -50,11 +62,15 @@ class _Stats:
         self.last_response_at: float | None = None
 
     def snapshot(self) -> bytes:
-        return orjson.dumps({"requests_total": self.requests_total,
-                             "by_status": {"200": self.requests_total},
-                             "rate_limited": 0,
-                             "first_request_at": self.first_request_at,
-                             "last_response_at": self.last_response_at})
+        return orjson.dumps(
+            {
+                "requests_total": self.requests_total,
+                "by_status": {"200": self.requests_total},
+                "rate_limited": 0,
+                "first_request_at": self.first_request_at,
+                "last_response_at": self.last_response_at,
+            }
+        )
 
 
 class _Http(asyncio.Protocol):
@@ -80,7 +96,7 @@ class _Http(asyncio.Protocol):
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17: stop if stop >= 0 else len(head)])
+                length = int(head[at + 17 : stop if stop >= 0 else len(head)])
             total = end + 4 + length
             if len(buf) < total:
                 break
@@ -121,6 +137,7 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import uvloop
+
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()

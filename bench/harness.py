@@ -63,6 +63,7 @@ def clean_env() -> dict[str, str]:
 
 # -- servers ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
@@ -95,8 +96,7 @@ class Server:
 def _start_server(cmd: list[str], workdir: Path, name: str) -> Server:
     log = workdir / f"{name}.log"
     fh = log.open("wb")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=clean_env(),
-                            cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=clean_env(), cwd=ROOT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
@@ -112,8 +112,9 @@ def _start_server(cmd: list[str], workdir: Path, name: str) -> Server:
 
 
 @contextmanager
-def mock_server(workdir: Path, *, latency: float = 0.0, rpm: int | None = None,
-                tpm: int | None = None) -> Iterator[Server]:
+def mock_server(
+    workdir: Path, *, latency: float = 0.0, rpm: int | None = None, tpm: int | None = None
+) -> Iterator[Server]:
     """The project's own mock server (`burstq mock-server`), in its own process."""
     cmd = [*burstq_cmd(), "mock-server", "--port", "0", "--latency", str(latency)]
     if rpm:
@@ -149,6 +150,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 # -- child processes --------------------------------------------------------------------------
 
+
 @dataclass
 class ChildRun:
     argv: list[str]
@@ -167,27 +169,56 @@ def run_child(argv: Sequence[str], *, timeout: float = 1800) -> ChildRun:
     argv = list(argv)
     if not os.path.isabs(argv[0]):
         argv[0] = shutil.which(argv[0]) or argv[0]
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         report = Path(tmp) / "report.json"
-        proc = subprocess.run([PYTHON, "-S", str(SPAWN), str(report), str(timeout), *argv],
-                              stdout=out, stderr=err, env=clean_env(), cwd=ROOT, check=False)
+        proc = subprocess.run(
+            [PYTHON, "-S", str(SPAWN), str(report), str(timeout), *argv],
+            stdout=out,
+            stderr=err,
+            env=clean_env(),
+            cwd=ROOT,
+            check=False,
+        )
         err.seek(0)
         out.seek(0)
         stdout, stderr = out.read(), err.read()
         if not report.exists():
-            raise RuntimeError(f"bench/spawn.py failed ({proc.returncode}): "
-                               f"{stderr.decode(errors='replace')[-500:]}")
+            raise RuntimeError(
+                f"bench/spawn.py failed ({proc.returncode}): "
+                f"{stderr.decode(errors='replace')[-500:]}"
+            )
         r = orjson.loads(report.read_bytes())
-    return ChildRun(argv, r["returncode"], r["wall"], r["maxrss_kb"] / 1024, r["started"],
-                    r["cpu"], stdout, stderr)
+    return ChildRun(
+        argv,
+        r["returncode"],
+        r["wall"],
+        r["maxrss_kb"] / 1024,
+        r["started"],
+        r["cpu"],
+        stdout,
+        stderr,
+    )
 
 
-def burstq_run(inp: Path, out: Path, server: Server, *extra: str, quiet: bool = False,
-               timeout: float = 1800) -> ChildRun:
+def burstq_run(
+    inp: Path, out: Path, server: Server, *extra: str, quiet: bool = False, timeout: float = 1800
+) -> ChildRun:
     """`burstq run INPUT -o OUTPUT` against `server`, as a user would type it."""
-    argv = [*burstq_cmd(), "run", str(inp), "-o", str(out), "--base-url", server.base_url,
-            "--api-key", "sk-bench-not-a-key"]
+    argv = [
+        *burstq_cmd(),
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        "sk-bench-not-a-key",
+    ]
     argv += ["--quiet"] if quiet else ["--progress", "quiet"]
     return run_child([*argv, *extra], timeout=timeout)
 
@@ -210,22 +241,29 @@ def tail(run: ChildRun, n: int = 600) -> str:
 
 # -- data files -------------------------------------------------------------------------------
 
+
 def write_input(path: Path, n: int) -> Path:
     """n native chat requests with distinct ids and short prompts (the per-request cost is
     what the bench is after, not prompt size)."""
     chunk = 50_000
     with path.open("wb") as f:
         for start in range(0, n, chunk):
-            f.write("".join(f'{{"id": "r{i}", "input": "say {i}"}}\n'
-                            for i in range(start, min(n, start + chunk))).encode())
+            f.write(
+                "".join(
+                    f'{{"id": "r{i}", "input": "say {i}"}}\n'
+                    for i in range(start, min(n, start + chunk))
+                ).encode()
+            )
     return path
 
 
-_RECORD = ('{{"request_id":"r{i}","line":{line},"status":"completed","output":"echo: say {i}",'
-           '"model":"gpt-4o-mini","model_used":"gpt-4o-mini","latency_ms":201.3,"attempts":1,'
-           '"usage":{{"prompt_tokens":6,"completion_tokens":3,"total_tokens":9}},'
-           '"tokens_used":9,"cost_usd":2.7e-06,"error":null,"metadata":null,'
-           '"finished_at":"2026-11-27T10:00:00.123Z"}}\n')
+_RECORD = (
+    '{{"request_id":"r{i}","line":{line},"status":"completed","output":"echo: say {i}",'
+    '"model":"gpt-4o-mini","model_used":"gpt-4o-mini","latency_ms":201.3,"attempts":1,'
+    '"usage":{{"prompt_tokens":6,"completion_tokens":3,"total_tokens":9}},'
+    '"tokens_used":9,"cost_usd":2.7e-06,"error":null,"metadata":null,'
+    '"finished_at":"2026-11-27T10:00:00.123Z"}}\n'
+)
 
 
 def write_done_output(inp: Path, out: Path, n_done: int) -> None:
@@ -242,10 +280,17 @@ def write_done_output(inp: Path, out: Path, n_done: int) -> None:
     chunk = 50_000
     with out.open("wb") as f:
         for start in range(0, n_done, chunk):
-            f.write("".join(_RECORD.format(i=i, line=i + 1)
-                            for i in range(start, min(n_done, start + chunk))).encode())
-    fingerprint = {"input": str(inp), "shaping": shaping(RunConfig(str(inp), str(out))),
-                   "input_sha256": file_digest(inp)}
+            f.write(
+                "".join(
+                    _RECORD.format(i=i, line=i + 1)
+                    for i in range(start, min(n_done, start + chunk))
+                ).encode()
+            )
+    fingerprint = {
+        "input": str(inp),
+        "shaping": shaping(RunConfig(str(inp), str(out))),
+        "input_sha256": file_digest(inp),
+    }
     write_sidecar(out, fingerprint)
 
 
@@ -272,7 +317,7 @@ def finished_span(path: Path, skip: int = 0) -> float | None:
             at = raw.rfind(b'"finished_at":"')
             if at < 0:
                 continue
-            stamp = raw[at + 15: raw.index(b'"', at + 15)].decode()
+            stamp = raw[at + 15 : raw.index(b'"', at + 15)].decode()
             t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
             first = t if first is None else min(first, t)
             last = t if last is None else max(last, t)

@@ -36,8 +36,9 @@ async def raw_aiohttp(base_url: str, n: int, concurrency: int) -> dict[str, Any]
         async def worker() -> None:
             nonlocal ok, errors
             for i in counter:
-                body = orjson.dumps({"model": "gpt-4o-mini",
-                                     "messages": [{"role": "user", "content": f"say {i}"}]})
+                body = orjson.dumps(
+                    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"say {i}"}]}
+                )
                 try:
                     async with session.post(url, data=body) as resp:
                         raw = await resp.read()
@@ -52,8 +53,14 @@ async def raw_aiohttp(base_url: str, n: int, concurrency: int) -> dict[str, Any]
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    return {"client": "raw-aiohttp", "requests": n, "ok": ok, "errors": errors,
-            "elapsed": elapsed, "rps": n / elapsed}
+    return {
+        "client": "raw-aiohttp",
+        "requests": n,
+        "ok": ok,
+        "errors": errors,
+        "elapsed": elapsed,
+        "rps": n / elapsed,
+    }
 
 
 async def openai_sdk(base_url: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -68,7 +75,8 @@ async def openai_sdk(base_url: str, n: int, concurrency: int) -> dict[str, Any]:
         for i in counter:
             try:
                 r = await client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"say {i}"}])
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"say {i}"}]
+                )
                 if r.choices[0].message.content:
                     ok += 1
                 else:
@@ -80,8 +88,14 @@ async def openai_sdk(base_url: str, n: int, concurrency: int) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     await client.close()
-    return {"client": f"openai-sdk {openai.__version__}", "requests": n, "ok": ok,
-            "errors": errors, "elapsed": elapsed, "rps": n / elapsed}
+    return {
+        "client": f"openai-sdk {openai.__version__}",
+        "requests": n,
+        "ok": ok,
+        "errors": errors,
+        "elapsed": elapsed,
+        "rps": n / elapsed,
+    }
 
 
 def main() -> None:
@@ -94,6 +108,7 @@ def main() -> None:
     fn = openai_sdk if args.sdk else raw_aiohttp
     try:
         import uvloop
+
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover
         runner = asyncio.Runner()

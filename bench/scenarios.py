@@ -35,15 +35,36 @@ class Sizes:
     resume_lines: int  # scenario 6: lines, 90 % of them done
 
 
-FULL = Sizes(rpm=6000, rpm_requests=6000, overhead_requests=30_000,
-             overhead_concurrency=(64, 256), overhead_repeat=3, overhead_fast_server=True,
-             sdk_requests=3000, latency_requests=12_000, memory_big=1_000_000,
-             memory_sent=10_000, memory_fresh=True, startup_repeat=9,
-             resume_lines=1_000_000)
-QUICK = Sizes(rpm=6000, rpm_requests=1000, overhead_requests=10_000,
-              overhead_concurrency=(128,), overhead_repeat=1, overhead_fast_server=False,
-              sdk_requests=500, latency_requests=2000, memory_big=100_000,
-              memory_sent=10_000, memory_fresh=True, startup_repeat=5, resume_lines=100_000)
+FULL = Sizes(
+    rpm=6000,
+    rpm_requests=6000,
+    overhead_requests=30_000,
+    overhead_concurrency=(64, 256),
+    overhead_repeat=3,
+    overhead_fast_server=True,
+    sdk_requests=3000,
+    latency_requests=12_000,
+    memory_big=1_000_000,
+    memory_sent=10_000,
+    memory_fresh=True,
+    startup_repeat=9,
+    resume_lines=1_000_000,
+)
+QUICK = Sizes(
+    rpm=6000,
+    rpm_requests=1000,
+    overhead_requests=10_000,
+    overhead_concurrency=(128,),
+    overhead_repeat=1,
+    overhead_fast_server=False,
+    sdk_requests=500,
+    latency_requests=2000,
+    memory_big=100_000,
+    memory_sent=10_000,
+    memory_fresh=True,
+    startup_repeat=5,
+    resume_lines=100_000,
+)
 
 
 @dataclass
@@ -111,8 +132,10 @@ def _check(run: h.ChildRun, out: Path | None, expect_records: int | None, what: 
     if out is not None and expect_records is not None:
         n, ok = h.count_records(out)
         if n != expect_records or ok != expect_records:
-            raise BenchError(f"{what}: {n} records ({ok} completed) in {out}, expected "
-                             f"{expect_records} completed")
+            raise BenchError(
+                f"{what}: {n} records ({ok} completed) in {out}, expected "
+                f"{expect_records} completed"
+            )
 
 
 def _pct(x: float) -> str:
@@ -121,12 +144,15 @@ def _pct(x: float) -> str:
 
 # -- 1. rate-limit efficiency -------------------------------------------------------------------
 
+
 def ratelimit(ctx: Context) -> None:
     s = ctx.sizes
     r, n = s.rpm, s.rpm_requests
     inp = ctx.input_file(n)
-    ctx.log(f"mock server: rpm {r} in 1 s quanta, latency 0.2 s; {n} requests "
-            f"(~{n / (r / 60):.0f} s at R)")
+    ctx.log(
+        f"mock server: rpm {r} in 1 s quanta, latency 0.2 s; {n} requests "
+        f"(~{n / (r / 60):.0f} s at R)"
+    )
     for told in (True, False):
         label = f"--rpm {r}" if told else "no limit flags"
         with h.mock_server(ctx.workdir, latency=0.2, rpm=r) as srv:
@@ -142,22 +168,49 @@ def ratelimit(ctx: Context) -> None:
         span_rpm = ok / span * 60 if span > 0 else 0.0
         share = limited / max(1, st["requests_total"])
         want_rate, want_429 = (0.97, "0") if told else (0.90, "< 2 %")
-        details = {"wall_s": run.wall, "server_span_s": span, "server_span_rpm": span_rpm,
-                   "requests_total": st["requests_total"], "rate_limited": limited,
-                   "by_status": st["by_status"], "summary": h.summary_line(run),
-                   "arrivals_per_second": st.get("arrivals_per_second")}
-        ctx.add(Figure("1 rate limit", f"{label}: achieved rate (start to exit)", wall_rpm,
-                       "req/min", "R", r, f">= {want_rate:.0%} of R",
-                       wall_rpm >= want_rate * r,
-                       f"server-side span {span:.1f} s -> {span_rpm:,.0f} req/min "
-                       f"({span_rpm / r:.1%})", details))
+        details = {
+            "wall_s": run.wall,
+            "server_span_s": span,
+            "server_span_rpm": span_rpm,
+            "requests_total": st["requests_total"],
+            "rate_limited": limited,
+            "by_status": st["by_status"],
+            "summary": h.summary_line(run),
+            "arrivals_per_second": st.get("arrivals_per_second"),
+        }
+        ctx.add(
+            Figure(
+                "1 rate limit",
+                f"{label}: achieved rate (start to exit)",
+                wall_rpm,
+                "req/min",
+                "R",
+                r,
+                f">= {want_rate:.0%} of R",
+                wall_rpm >= want_rate * r,
+                f"server-side span {span:.1f} s -> {span_rpm:,.0f} req/min ({span_rpm / r:.1%})",
+                details,
+            )
+        )
         met_429 = limited == 0 if told else share < 0.02
-        ctx.add(Figure("1 rate limit", f"{label}: 429 answers", limited, "429s",
-                       "received", st["requests_total"], f"{want_429} of requests", met_429,
-                       f"{_pct(share)} of requests", baseline_unit="requests"))
+        ctx.add(
+            Figure(
+                "1 rate limit",
+                f"{label}: 429 answers",
+                limited,
+                "429s",
+                "received",
+                st["requests_total"],
+                f"{want_429} of requests",
+                met_429,
+                f"{_pct(share)} of requests",
+                baseline_unit="requests",
+            )
+        )
 
 
 # -- 2. overhead --------------------------------------------------------------------------------
+
 
 def _raw(srv: h.Server, n: int, conc: int, sdk: bool = False) -> dict[str, Any]:
     argv = [h.PYTHON, "-m", "bench.rawclient", srv.base_url, "-n", str(n), "-c", str(conc)]
@@ -176,7 +229,8 @@ def overhead(ctx: Context) -> None:
     n = s.overhead_requests
     inp = ctx.input_file(n)
     servers: list[tuple[str, Callable[..., Any]]] = [
-        ("mock server", lambda: h.mock_server(ctx.workdir))]
+        ("mock server", lambda: h.mock_server(ctx.workdir))
+    ]
     if s.overhead_fast_server:
         servers.append(("fast server", lambda: h.fast_server(ctx.workdir)))
     raw_medians: dict[int, float] = {}
@@ -194,9 +248,15 @@ def overhead(ctx: Context) -> None:
                     run = h.burstq_run(inp, out, srv, "--concurrency", str(conc), quiet=True)
                     _check(run, out, n, f"scenario 2 (c={conc})")
                     span = h.finished_span(out)
-                runs.append({"rps": n / run.wall, "wall_s": run.wall, "cpu_s": run.cpu,
-                             "steady_rps": n / span if span else None,
-                             "maxrss_mb": run.maxrss_mb})
+                runs.append(
+                    {
+                        "rps": n / run.wall,
+                        "wall_s": run.wall,
+                        "cpu_s": run.cpu,
+                        "steady_rps": n / span if span else None,
+                        "maxrss_mb": run.maxrss_mb,
+                    }
+                )
             rate = statistics.median(r["rps"] for r in runs)
             raw_rate = statistics.median(r["rps"] for r in raws)
             raw_medians.setdefault(conc, raw_rate)  # the mock server's, which comes first
@@ -205,29 +265,53 @@ def overhead(ctx: Context) -> None:
             cpu_us = statistics.median(r["cpu_s"] for r in runs) / n * 1e6
             raw_cpu_us = statistics.median(r["cpu_s"] for r in raws) / n * 1e6
             k = s.overhead_repeat
-            ctx.add(Figure(
-                "2 overhead", f"burstq end to end, c={conc}, {sname}", rate, "req/s",
-                "raw aiohttp client", raw_rate, ">= 50 % of raw", rate >= 0.5 * raw_rate,
-                f"{f'median of {k}, ' if k > 1 else ''}{n} requests, start-up and files "
-                f"included; steady state (first to last record) {steady:.0f} req/s; CPU "
-                f"{cpu_us:.0f} us/request vs raw {raw_cpu_us:.0f} us "
-                f"({raw_cpu_us / cpu_us:.0%})",
-                {"burstq_runs": runs, "raw_runs": raws, "burstq_cpu_us_per_request": cpu_us,
-                 "raw_cpu_us_per_request": raw_cpu_us,
-                 "ratios": [b["rps"] / r["rps"] for b, r in zip(runs, raws, strict=True)]}))
+            ctx.add(
+                Figure(
+                    "2 overhead",
+                    f"burstq end to end, c={conc}, {sname}",
+                    rate,
+                    "req/s",
+                    "raw aiohttp client",
+                    raw_rate,
+                    ">= 50 % of raw",
+                    rate >= 0.5 * raw_rate,
+                    f"{f'median of {k}, ' if k > 1 else ''}{n} requests, start-up and files "
+                    f"included; steady state (first to last record) {steady:.0f} req/s; CPU "
+                    f"{cpu_us:.0f} us/request vs raw {raw_cpu_us:.0f} us "
+                    f"({raw_cpu_us / cpu_us:.0%})",
+                    {
+                        "burstq_runs": runs,
+                        "raw_runs": raws,
+                        "burstq_cpu_us_per_request": cpu_us,
+                        "raw_cpu_us_per_request": raw_cpu_us,
+                        "ratios": [b["rps"] / r["rps"] for b, r in zip(runs, raws, strict=True)],
+                    },
+                )
+            )
     if s.sdk_requests:
         # Baseline: the raw client's median at the same concurrency on the mock, from above.
         conc = s.overhead_concurrency[0]
         raw_rate = raw_medians[conc]
         with h.mock_server(ctx.workdir) as srv:
             sdk = _raw(srv, s.sdk_requests, conc, sdk=True)
-        ctx.add(Figure("2 overhead", f"openai SDK AsyncOpenAI, c={conc} (reference)",
-                       sdk["rps"], "req/s", "raw aiohttp client", raw_rate, "", None,
-                       f"{sdk['client']}, default httpx transport, {s.sdk_requests} requests",
-                       {"sdk": sdk}))
+        ctx.add(
+            Figure(
+                "2 overhead",
+                f"openai SDK AsyncOpenAI, c={conc} (reference)",
+                sdk["rps"],
+                "req/s",
+                "raw aiohttp client",
+                raw_rate,
+                "",
+                None,
+                f"{sdk['client']}, default httpx transport, {s.sdk_requests} requests",
+                {"sdk": sdk},
+            )
+        )
 
 
 # -- 3. latency-bound ---------------------------------------------------------------------------
+
 
 def latency(ctx: Context) -> None:
     n = ctx.sizes.latency_requests
@@ -242,17 +326,32 @@ def latency(ctx: Context) -> None:
     per_s = st.get("arrivals_per_second") or []
     # When did the run first send at (nearly) the full 200/s? Slow start shows up here.
     full_at = next((i for i, k in enumerate(per_s) if k >= 190), None)
-    ctx.add(Figure(
-        "3 latency-bound", "1 s latency, --concurrency 200: throughput (start to exit)", rate,
-        "req/s", "Little's law: 200 in flight / 1 s", 200.0, ">= 95 %", rate >= 0.95 * 200,
-        f"{n} requests in {run.wall:.1f} s; server span {span:.1f} s -> "
-        f"{n / span if span > 0 else 0:.0f} req/s; peak in flight {st['peak_in_flight']}; "
-        f"arrivals first reached 190/s in second {full_at}",
-        {"wall_s": run.wall, "server_span_s": span, "peak_in_flight": st["peak_in_flight"],
-         "arrivals_per_second_first_15": per_s[:15], "summary": h.summary_line(run)}))
+    ctx.add(
+        Figure(
+            "3 latency-bound",
+            "1 s latency, --concurrency 200: throughput (start to exit)",
+            rate,
+            "req/s",
+            "Little's law: 200 in flight / 1 s",
+            200.0,
+            ">= 95 %",
+            rate >= 0.95 * 200,
+            f"{n} requests in {run.wall:.1f} s; server span {span:.1f} s -> "
+            f"{n / span if span > 0 else 0:.0f} req/s; peak in flight {st['peak_in_flight']}; "
+            f"arrivals first reached 190/s in second {full_at}",
+            {
+                "wall_s": run.wall,
+                "server_span_s": span,
+                "peak_in_flight": st["peak_in_flight"],
+                "arrivals_per_second_first_15": per_s[:15],
+                "summary": h.summary_line(run),
+            },
+        )
+    )
 
 
 # -- 4. memory ----------------------------------------------------------------------------------
+
 
 def memory(ctx: Context) -> None:
     """Peak RSS against input size, two ways, both against a fresh 10,000-line run:
@@ -277,15 +376,25 @@ def memory(ctx: Context) -> None:
             out_fresh = ctx.fresh_output("out-mem-fresh.jsonl")
             fresh = h.burstq_run(big_in, out_fresh, srv)
             _check(fresh, out_fresh, big, "scenario 4 (fresh)")
-            ctx.add(Figure(
-                "4 memory", f"peak RSS, {big:,}-line input, fresh run (all sent)",
-                fresh.maxrss_mb, "MB", f"{sent:,}-line input", small.maxrss_mb,
-                "<= 120 % of baseline", fresh.maxrss_mb <= 1.2 * small.maxrss_mb,
-                f"{big:,} requests through the mock in {fresh.wall:.1f} s "
-                f"({big / fresh.wall:,.0f} req/s)",
-                {"wall_s": fresh.wall, "cpu_s": fresh.cpu, "small_wall_s": small.wall}))
-        ctx.log(f"{big:,}-line input with {big - sent:,} lines already done, so it sends "
-                f"{sent:,} requests like the baseline")
+            ctx.add(
+                Figure(
+                    "4 memory",
+                    f"peak RSS, {big:,}-line input, fresh run (all sent)",
+                    fresh.maxrss_mb,
+                    "MB",
+                    f"{sent:,}-line input",
+                    small.maxrss_mb,
+                    "<= 120 % of baseline",
+                    fresh.maxrss_mb <= 1.2 * small.maxrss_mb,
+                    f"{big:,} requests through the mock in {fresh.wall:.1f} s "
+                    f"({big / fresh.wall:,.0f} req/s)",
+                    {"wall_s": fresh.wall, "cpu_s": fresh.cpu, "small_wall_s": small.wall},
+                )
+            )
+        ctx.log(
+            f"{big:,}-line input with {big - sent:,} lines already done, so it sends "
+            f"{sent:,} requests like the baseline"
+        )
         srv.reset()
         out_big = ctx.fresh_output("out-mem-big.jsonl")
         h.write_done_output(big_in, out_big, big - sent)
@@ -293,17 +402,28 @@ def memory(ctx: Context) -> None:
         _check(large, out_big, big, "scenario 4 (mostly done)")
         st = srv.stats()
         if st["requests_total"] != sent:
-            raise BenchError(f"scenario 4: resume sent {st['requests_total']} requests, "
-                             f"expected {sent}")
-    ctx.add(Figure(
-        "4 memory", f"peak RSS, {big:,}-line input, {big - sent:,} done ({sent:,} sent)",
-        large.maxrss_mb, "MB", f"{sent:,}-line input", small.maxrss_mb,
-        "<= 120 % of baseline", large.maxrss_mb <= 1.2 * small.maxrss_mb,
-        f"both runs send {sent:,} requests; this one also hashes, scans and skips "
-        f"{big - sent:,} done lines", {"wall_s": large.wall}))
+            raise BenchError(
+                f"scenario 4: resume sent {st['requests_total']} requests, expected {sent}"
+            )
+    ctx.add(
+        Figure(
+            "4 memory",
+            f"peak RSS, {big:,}-line input, {big - sent:,} done ({sent:,} sent)",
+            large.maxrss_mb,
+            "MB",
+            f"{sent:,}-line input",
+            small.maxrss_mb,
+            "<= 120 % of baseline",
+            large.maxrss_mb <= 1.2 * small.maxrss_mb,
+            f"both runs send {sent:,} requests; this one also hashes, scans and skips "
+            f"{big - sent:,} done lines",
+            {"wall_s": large.wall},
+        )
+    )
 
 
 # -- 5. start-up --------------------------------------------------------------------------------
+
 
 def startup(ctx: Context) -> None:
     k = ctx.sizes.startup_repeat
@@ -311,13 +431,34 @@ def startup(ctx: Context) -> None:
     base, base_all = h.median_wall([h.PYTHON, "-c", "pass"], k)
     helpt, help_all = h.median_wall([*h.burstq_cmd(), "--help"], k)
     runt, run_all = h.median_wall([*h.burstq_cmd(), "run", "--help"], k)
-    ctx.add(Figure("5 start-up", f"burstq --help (median of {k})", helpt, "s",
-                   "python -c pass", base, "< 0.3 s", helpt < 0.3,
-                   f"runs {min(help_all):.3f}..{max(help_all):.3f} s",
-                   {"burstq_help": help_all, "python_pass": base_all}))
-    ctx.add(Figure("5 start-up", f"burstq run --help (median of {k})", runt, "s",
-                   "python -c pass", base, "< 0.3 s", runt < 0.3,
-                   f"runs {min(run_all):.3f}..{max(run_all):.3f} s", {"runs": run_all}))
+    ctx.add(
+        Figure(
+            "5 start-up",
+            f"burstq --help (median of {k})",
+            helpt,
+            "s",
+            "python -c pass",
+            base,
+            "< 0.3 s",
+            helpt < 0.3,
+            f"runs {min(help_all):.3f}..{max(help_all):.3f} s",
+            {"burstq_help": help_all, "python_pass": base_all},
+        )
+    )
+    ctx.add(
+        Figure(
+            "5 start-up",
+            f"burstq run --help (median of {k})",
+            runt,
+            "s",
+            "python -c pass",
+            base,
+            "< 0.3 s",
+            runt < 0.3,
+            f"runs {min(run_all):.3f}..{max(run_all):.3f} s",
+            {"runs": run_all},
+        )
+    )
 
 
 # -- 6. resume ----------------------------------------------------------------------------------
@@ -340,25 +481,41 @@ def resume(ctx: Context) -> None:
     inp = ctx.input_file(total)
     out = ctx.fresh_output("out-resume.jsonl")
     h.write_done_output(inp, out, done)
-    ctx.log(f"{total:,}-line input, {done:,} records already in OUTPUT "
-            f"({out.stat().st_size / 1e6:.0f} MB)")
+    ctx.log(
+        f"{total:,}-line input, {done:,} records already in OUTPUT "
+        f"({out.stat().st_size / 1e6:.0f} MB)"
+    )
     read = h.run_child([h.PYTHON, "-c", _READ_PASS, str(inp), str(out)])
     with h.mock_server(ctx.workdir) as srv:
         run = h.burstq_run(inp, out, srv)
         _check(run, out, total, "scenario 6")
         st = srv.stats()
     if st["requests_total"] != total - done:
-        raise BenchError(f"scenario 6: {st['requests_total']} requests sent, expected "
-                         f"{total - done} (finished ones re-sent?)")
+        raise BenchError(
+            f"scenario 6: {st['requests_total']} requests sent, expected "
+            f"{total - done} (finished ones re-sent?)"
+        )
     first = (st["first_request_at"] or run.started) - run.started
-    ctx.add(Figure(
-        "6 resume", f"{total:,} lines, 90 % done: start to first request sent", first, "s",
-        "python: read INPUT + OUTPUT line by line", read.wall, "seconds (< 10 s)",
-        first < 10.0,
-        f"whole rerun ({total - done:,} requests sent, none re-sent) {run.wall:.1f} s; "
-        f"peak RSS {run.maxrss_mb:.0f} MB",
-        {"rerun_wall_s": run.wall, "rerun_maxrss_mb": run.maxrss_mb,
-         "sent": st["requests_total"], "read_pass": read.stdout.decode().strip()}))
+    ctx.add(
+        Figure(
+            "6 resume",
+            f"{total:,} lines, 90 % done: start to first request sent",
+            first,
+            "s",
+            "python: read INPUT + OUTPUT line by line",
+            read.wall,
+            "seconds (< 10 s)",
+            first < 10.0,
+            f"whole rerun ({total - done:,} requests sent, none re-sent) {run.wall:.1f} s; "
+            f"peak RSS {run.maxrss_mb:.0f} MB",
+            {
+                "rerun_wall_s": run.wall,
+                "rerun_maxrss_mb": run.maxrss_mb,
+                "sent": st["requests_total"],
+                "read_pass": read.stdout.decode().strip(),
+            },
+        )
+    )
 
 
 SCENARIOS: dict[str, Callable[[Context], None]] = {

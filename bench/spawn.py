@@ -38,9 +38,16 @@ def main() -> None:
     wall = time.monotonic() - started
     signal.setitimer(signal.ITIMER_REAL, 0)
     with open(report, "w") as f:
-        json.dump({"returncode": os.waitstatus_to_exitcode(status), "wall": wall,
-                   "maxrss_kb": usage.ru_maxrss, "started": started,
-                   "cpu": usage.ru_utime + usage.ru_stime}, f)
+        json.dump(
+            {
+                "returncode": os.waitstatus_to_exitcode(status),
+                "wall": wall,
+                "maxrss_kb": usage.ru_maxrss,
+                "started": started,
+                "cpu": usage.ru_utime + usage.ru_stime,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

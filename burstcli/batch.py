@@ -155,9 +155,13 @@ class BatchState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": STATE_VERSION, "run_id": self.run_id, "input": self.input,
-            "input_sha256": self.input_sha256, "base_url": self.base_url,
-            "next_shard": self.next_shard, "group_limits": self.group_limits,
+            "version": STATE_VERSION,
+            "run_id": self.run_id,
+            "input": self.input,
+            "input_sha256": self.input_sha256,
+            "base_url": self.base_url,
+            "next_shard": self.next_shard,
+            "group_limits": self.group_limits,
             "shards": [s.to_json() for s in self.shards],
             "retry": [asdict(p) for p in self.retry],
         }
@@ -165,11 +169,15 @@ class BatchState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BatchState:
         return cls(
-            run_id=data["run_id"], input=data["input"], input_sha256=data["input_sha256"],
-            base_url=data["base_url"], next_shard=data["next_shard"],
+            run_id=data["run_id"],
+            input=data["input"],
+            input_sha256=data["input_sha256"],
+            base_url=data["base_url"],
+            next_shard=data["next_shard"],
             shards=[Shard.from_json(s) for s in data["shards"]],
             retry=[Pending(**p) for p in data["retry"]],
-            group_limits=dict(data.get("group_limits") or {}))
+            group_limits=dict(data.get("group_limits") or {}),
+        )
 
     def save(self, path: Path, *, fsync: bool = False) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -194,8 +202,10 @@ def load_state(path: Path) -> BatchState | None:
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         # Not rebuildable from OUTPUT (batch ids live only here): refuse rather than resubmit
         # and pay twice.
-        raise UsageError(f"{path} is damaged ({exc}); it records the batches of this run. "
-                         "Restore it, or use --restart to start over.") from exc
+        raise UsageError(
+            f"{path} is damaged ({exc}); it records the batches of this run. "
+            "Restore it, or use --restart to start over."
+        ) from exc
 
 
 def _public_url(url: str) -> str:
@@ -212,8 +222,9 @@ class ProviderError(Exception):
     """A files/batches call that failed. `kind`: fatal (auth, quota), transient (retry),
     not_found, or rejected (a 4xx that would fail again)."""
 
-    def __init__(self, kind: str, message: str, *, type: str = "bad_request",
-                 status_code: int | None = None) -> None:
+    def __init__(
+        self, kind: str, message: str, *, type: str = "bad_request", status_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.type = type
@@ -252,25 +263,30 @@ class Provider:
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         with path.open("rb") as f:
-            obj = await self.client.files.create(file=(filename, f, "application/jsonl"),
-                                                 purpose="batch")
+            obj = await self.client.files.create(
+                file=(filename, f, "application/jsonl"), purpose="batch"
+            )
         return obj.to_dict()
 
-    async def create(self, file_id: str, endpoint: str, window: str,
-                     metadata: dict[str, str]) -> dict[str, Any]:
+    async def create(
+        self, file_id: str, endpoint: str, window: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
         # No SDK retry here: a POST whose answer was lost may have made the batch, and only a
         # look at the batch list (BatchRun._create) can tell.
         batch = await self.client.with_options(max_retries=0).batches.create(
-            input_file_id=file_id, endpoint=endpoint,  # type: ignore[arg-type]
+            input_file_id=file_id,
+            endpoint=endpoint,  # type: ignore[arg-type]
             completion_window=window,  # type: ignore[arg-type]
-            metadata=metadata)
+            metadata=metadata,
+        )
         return batch.to_dict()
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return (await self.client.batches.retrieve(batch_id)).to_dict()
 
-    async def find(self, file_id: str, since: int | None, skip: Iterable[str]
-                   ) -> dict[str, Any] | None:
+    async def find(
+        self, file_id: str, since: int | None, skip: Iterable[str]
+    ) -> dict[str, Any] | None:
         """The batch made from `file_id` (newest first, stopping before `since`), if any."""
         skipped = set(skip)
         seen = 0
@@ -311,8 +327,11 @@ class LineOutcome:
 
 def _http_error(status: int, body: Any) -> tuple[Verdict, dict[str, Any]]:
     err = body.get("error") if isinstance(body, dict) else None
-    message = str(err.get("message")) if isinstance(err, dict) and err.get("message") else \
-        f"HTTP {status}"
+    message = (
+        str(err.get("message"))
+        if isinstance(err, dict) and err.get("message")
+        else f"HTTP {status}"
+    )
     code = err.get("code") if isinstance(err, dict) else None
     kind: str
     verdict: Verdict
@@ -343,17 +362,30 @@ def classify_line(entry: dict[str, Any], endpoint: str) -> LineOutcome:
         code, message = err.get("code"), str(err.get("message") or "")
         kind = "batch_expired" if code == "batch_expired" else "batch_error"
         text = message if code == "batch_expired" else f"{code}: {message}"
-        return LineOutcome("retry", {"type": kind, "message": text, "status_code": None},
-                           line_id=line_id)
+        return LineOutcome(
+            "retry", {"type": kind, "message": text, "status_code": None}, line_id=line_id
+        )
     if not isinstance(response, dict):
-        return LineOutcome("retry", {"type": "malformed_response", "message":
-                                     "a batch line with neither response nor error",
-                                     "status_code": None}, line_id=line_id)
+        return LineOutcome(
+            "retry",
+            {
+                "type": "malformed_response",
+                "message": "a batch line with neither response nor error",
+                "status_code": None,
+            },
+            line_id=line_id,
+        )
     status = response.get("status_code")
     body = response.get("body")
     rid = response.get("request_id") if isinstance(response.get("request_id"), str) else None
-    out = LineOutcome("completed", None, body if isinstance(body, dict) else None,
-                      status if isinstance(status, int) else 0, rid, line_id)
+    out = LineOutcome(
+        "completed",
+        None,
+        body if isinstance(body, dict) else None,
+        status if isinstance(status, int) else 0,
+        rid,
+        line_id,
+    )
     # An HTTP error inside `response` is a failure even though `error` is null.
     if not isinstance(status, int) or status >= 400:
         out.verdict, out.error = _http_error(status if isinstance(status, int) else 500, body)
@@ -370,13 +402,20 @@ def _body_problem(body: Any, endpoint: str) -> tuple[str, str] | None:
         return "malformed_response", "a 200 answer that is not a JSON object"
     if endpoint == "embeddings":
         items = body.get("data")
-        if not isinstance(items, list) or not items or \
-                not all(isinstance(i, dict) and "embedding" in i for i in items):
+        if (
+            not isinstance(items, list)
+            or not items
+            or not all(isinstance(i, dict) and "embedding" in i for i in items)
+        ):
             return "malformed_response", "answer has no data[].embedding"
         return None
     choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) or \
-            not isinstance(choices[0].get("message"), dict):
+    if (
+        not isinstance(choices, list)
+        or not choices
+        or not isinstance(choices[0], dict)
+        or not isinstance(choices[0].get("message"), dict)
+    ):
         return "malformed_response", "answer has no choices[0].message"
     output, _ = extract_output("chat", body)
     if not (output or "").strip():
@@ -411,8 +450,10 @@ class BatchSettings:
 def settings_from(cfg: RunConfig, poll_interval: float | None) -> BatchSettings:
     batch_size = int(getattr(cfg, "batch_size", MAX_FILE_REQUESTS))
     if not 1 <= batch_size <= MAX_FILE_REQUESTS:
-        raise UsageError(f"--batch-size must be 1 to {MAX_FILE_REQUESTS} (the Batch API's "
-                         f"limit per file), not {batch_size}")
+        raise UsageError(
+            f"--batch-size must be 1 to {MAX_FILE_REQUESTS} (the Batch API's "
+            f"limit per file), not {batch_size}"
+        )
     fmt = str(getattr(cfg, "output_format", "burstq"))
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"--output-format must be {' or '.join(OUTPUT_FORMATS)}, not {fmt!r}")
@@ -425,18 +466,33 @@ def settings_from(cfg: RunConfig, poll_interval: float | None) -> BatchSettings:
     return BatchSettings(
         batch_size=batch_size,
         completion_window=str(getattr(cfg, "completion_window", "24h")),
-        output_format=fmt, max_rounds=cfg.max_retries + 1,
-        poll_first=poll_interval, poll_max=max(poll_interval, min(60.0, poll_interval * 12)),
-        batch_max_tokens=int(max_tokens) if max_tokens else None)
+        output_format=fmt,
+        max_rounds=cfg.max_retries + 1,
+        poll_first=poll_interval,
+        poll_max=max(poll_interval, min(60.0, poll_interval * 12)),
+        batch_max_tokens=int(max_tokens) if max_tokens else None,
+    )
 
 
 class BatchRun:
     """One `--via batch` run: plan shards, drive each through the provider, record results."""
 
-    def __init__(self, cfg: RunConfig, settings: BatchSettings, *, provider: Provider,
-                 prices: PriceBook, tally: Tally, warn: Callable[[str], None],
-                 state: BatchState, state_path: Path, done: Done,
-                 journal: Journal, budget: Budget | None, workdir: Path) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        settings: BatchSettings,
+        *,
+        provider: Provider,
+        prices: PriceBook,
+        tally: Tally,
+        warn: Callable[[str], None],
+        state: BatchState,
+        state_path: Path,
+        done: Done,
+        journal: Journal,
+        budget: Budget | None,
+        workdir: Path,
+    ) -> None:
         self.cfg = cfg
         self.settings = settings
         self.provider = provider
@@ -518,11 +574,15 @@ class BatchRun:
             key = (p.endpoint, p.model, p.round)
             limit = min(s.batch_size, st.group_limits.get(p.model, MAX_FILE_REQUESTS))
             shard = current.get(key)
-            if shard is None or len(shard.lines) >= limit or \
-                    shard.bytes + p.bytes > MAX_FILE_BYTES or \
-                    (s.batch_max_tokens and shard.tokens + p.tokens > s.batch_max_tokens):
-                shard = Shard(id=f"s{st.next_shard:05d}", endpoint=p.endpoint, model=p.model,
-                              round=p.round)
+            if (
+                shard is None
+                or len(shard.lines) >= limit
+                or shard.bytes + p.bytes > MAX_FILE_BYTES
+                or (s.batch_max_tokens and shard.tokens + p.tokens > s.batch_max_tokens)
+            ):
+                shard = Shard(
+                    id=f"s{st.next_shard:05d}", endpoint=p.endpoint, model=p.model, round=p.round
+                )
                 st.next_shard += 1
                 current[key] = shard
                 made.append(shard)
@@ -559,8 +619,10 @@ class BatchRun:
                     shard, cid = hit
                     req = parse_line(raw, line, self.cfg.model)
                     if not isinstance(req, Request) or req.id != cid:
-                        raise UsageError(f"{self.input}:{line} no longer holds request {cid!r}"
-                                         "; the input changed under a running job")
+                        raise UsageError(
+                            f"{self.input}:{line} no longer holds request {cid!r}"
+                            "; the input changed under a running job"
+                        )
                     files[shard.id].write(orjson.dumps(_batch_line(req)) + b"\n")
         finally:
             for fh in files.values():
@@ -624,11 +686,13 @@ class BatchRun:
         return RunOutcome("done", self.tally)
 
     def _update_in_flight(self) -> None:
-        self.tally.in_flight = sum(len(s.lines) for s in self.state.shards
-                                   if s.active and s.state == "submitted")
+        self.tally.in_flight = sum(
+            len(s.lines) for s in self.state.shards if s.active and s.state == "submitted"
+        )
 
-    async def _control(self, what: str, call: Callable[[], Awaitable[T]], *,
-                       handles: frozenset[str] = frozenset()) -> T:
+    async def _control(
+        self, what: str, call: Callable[[], Awaitable[T]], *, handles: frozenset[str] = frozenset()
+    ) -> T:
         """A files/batches call. Error kinds in `handles` go back to the caller as
         ProviderError; other transient ones are retried with backoff; the rest stop the run."""
         attempt = 0
@@ -643,8 +707,7 @@ class BatchRun:
                     raise err from exc
                 attempt += 1
                 if err.kind != "transient" or attempt >= CONTROL_ATTEMPTS:
-                    raise _Fatal(FatalProviderError(err.type, f"{what}: {err.message}")
-                                 ) from exc
+                    raise _Fatal(FatalProviderError(err.type, f"{what}: {err.message}")) from exc
                 self._warn_retry(what, err)
                 await self._sleep(self._backoff(attempt))
 
@@ -677,9 +740,11 @@ class BatchRun:
         name = f"burstq-{self.state.run_id}-{shard.id}.jsonl"
         async with self._uploads:
             try:
-                obj = await self._control(f"uploading {name}",
-                                          lambda: self.provider.upload(path, name),
-                                          handles=frozenset({"rejected"}))
+                obj = await self._control(
+                    f"uploading {name}",
+                    lambda: self.provider.upload(path, name),
+                    handles=frozenset({"rejected"}),
+                )
             except ProviderError as err:
                 self._fail_shard(shard, err)
                 return
@@ -699,7 +764,8 @@ class BatchRun:
             # its batch rather than make a second one.
             found = await self._control(
                 f"listing batches for {shard.id}",
-                lambda: self.provider.find(file_id, shard.uploaded_at, shard.tried))
+                lambda: self.provider.find(file_id, shard.uploaded_at, shard.tried),
+            )
             if found is not None:
                 self._submitted(shard, found)
                 return
@@ -710,9 +776,12 @@ class BatchRun:
         what = f"creating the batch for {shard.id}"
         try:
             batch = await self._control(
-                what, lambda: self.provider.create(file_id, _url(shard.endpoint),
-                                                   self.settings.completion_window, meta),
-                handles=frozenset({"transient", "rejected", "not_found"}))
+                what,
+                lambda: self.provider.create(
+                    file_id, _url(shard.endpoint), self.settings.completion_window, meta
+                ),
+                handles=frozenset({"transient", "rejected", "not_found"}),
+            )
         except ProviderError as err:
             if err.kind == "transient":
                 # Never simply sent again: the state stays "creating", so the next pass looks
@@ -720,8 +789,7 @@ class BatchRun:
                 failures = self._create_failures.get(shard.id, 0) + 1
                 self._create_failures[shard.id] = failures
                 if failures >= CONTROL_ATTEMPTS:
-                    raise _Fatal(FatalProviderError(err.type, f"{what}: {err.message}")
-                                 ) from err
+                    raise _Fatal(FatalProviderError(err.type, f"{what}: {err.message}")) from err
                 self._warn_retry(what, err)
                 await self._sleep(self._backoff(failures))
                 return
@@ -750,14 +818,18 @@ class BatchRun:
         interval = self.settings.poll_first
         while True:
             try:
-                batch = await self._control(f"polling {batch_id}",
-                                            lambda: self.provider.retrieve(batch_id),
-                                            handles=frozenset({"not_found"}))
+                batch = await self._control(
+                    f"polling {batch_id}",
+                    lambda: self.provider.retrieve(batch_id),
+                    handles=frozenset({"not_found"}),
+                )
             except ProviderError:
                 # Not this account's (another key) or deleted: nothing will come back from
                 # it, so its requests go to a new batch.
-                self.warn(f"batch {batch_id} ({shard.id}) no longer exists at the provider; "
-                          f"resubmitting its {len(shard.lines)} requests")
+                self.warn(
+                    f"batch {batch_id} ({shard.id}) no longer exists at the provider; "
+                    f"resubmitting its {len(shard.lines)} requests"
+                )
                 shard.state, shard.batch_id, shard.file_id = "new", None, None
                 self.save()
                 return
@@ -775,15 +847,24 @@ class BatchRun:
     async def _token_limited(self, shard: Shard, batch: dict[str, Any]) -> bool:
         """The enqueued-token limit refused this batch: wait for room, or split the shard."""
         errors = (batch.get("errors") or {}).get("data") or []
-        if batch.get("status") != "failed" or not errors or \
-                not all(e.get("code") == "token_limit_exceeded" for e in errors):
+        if (
+            batch.get("status") != "failed"
+            or not errors
+            or not all(e.get("code") == "token_limit_exceeded" for e in errors)
+        ):
             return False
         assert shard.batch_id is not None
         shard.tried.append(shard.batch_id)
         shard.batch_id, shard.status, shard.state = None, None, "uploaded"
-        others = [s for s in self.state.shards if s is not shard and s.active and
-                  s.model == shard.model and s.state == "submitted" and
-                  s.id not in self._waiting]
+        others = [
+            s
+            for s in self.state.shards
+            if s is not shard
+            and s.active
+            and s.model == shard.model
+            and s.state == "submitted"
+            and s.id not in self._waiting
+        ]
         learned = self.state.group_limits.get(shard.model)
         if others and (learned is None or len(shard.lines) <= learned):
             # Retrying costs no round: the requests never ran.
@@ -799,9 +880,11 @@ class BatchRun:
             # shards and plan these requests again.
             limit = min(learned or len(shard.lines), len(shard.lines) // 2)
             self.state.group_limits[shard.model] = max(1, limit)
-            self.warn(f"{shard.model}: the provider's enqueued-token limit refused a batch of "
-                      f"{len(shard.lines)} requests; resubmitting in batches of at most "
-                      f"{self.state.group_limits[shard.model]}")
+            self.warn(
+                f"{shard.model}: the provider's enqueued-token limit refused a batch of "
+                f"{len(shard.lines)} requests; resubmitting in batches of at most "
+                f"{self.state.group_limits[shard.model]}"
+            )
             self.state.retry.extend(_pendings(shard))
             self._close(shard)
             self.save()
@@ -834,8 +917,11 @@ class BatchRun:
 
     # -- collecting -----------------------------------------------------------------------------
     async def _collect(self, shard: Shard, batch: dict[str, Any]) -> None:
-        meta = await asyncio.to_thread(self._read_metadata, set(shard.lines.values())) \
-            if shard.metadata else {}
+        meta = (
+            await asyncio.to_thread(self._read_metadata, set(shard.lines.values()))
+            if shard.metadata
+            else {}
+        )
         status = str(batch.get("status"))
         latency = _latency_ms(batch)
         seen: set[str] = set()
@@ -850,8 +936,9 @@ class BatchRun:
             if out.verdict == "retry" and shard.round < self.settings.max_rounds:
                 carried.append(_pending_of(shard, cid, line, out.error, cid in list_inputs))
                 return
-            result = self._result(shard, cid, line, out, latency, meta.get(line),
-                                  cid in list_inputs)
+            result = self._result(
+                shard, cid, line, out, latency, meta.get(line), cid in list_inputs
+            )
             records.append(self._emit(result, out))
             self.done.add(line)
             if len(records) >= JOURNAL_CHUNK:
@@ -882,10 +969,19 @@ class BatchRun:
                 if isinstance(n, int) and 1 <= n <= len(by_file_line):
                     cid, line = by_file_line[n - 1]
                     if cid not in seen:
-                        settle(cid, line, LineOutcome("failed", {
-                            "type": "bad_request", "status_code": None,
-                            "message": f"batch validation: {e.get('code')}: "
-                                       f"{e.get('message')}"}))
+                        settle(
+                            cid,
+                            line,
+                            LineOutcome(
+                                "failed",
+                                {
+                                    "type": "bad_request",
+                                    "status_code": None,
+                                    "message": f"batch validation: {e.get('code')}: "
+                                    f"{e.get('message')}",
+                                },
+                            ),
+                        )
         why = _batch_failure(batch)
         for cid, line in shard.lines.items():
             if cid not in seen:
@@ -903,9 +999,11 @@ class BatchRun:
     async def _download(self, shard: Shard, file_id: str) -> Path | None:
         dest = self.workdir / f"{shard.id}-{file_id}.jsonl"
         try:
-            await self._control(f"downloading {file_id}",
-                                lambda: self.provider.download(file_id, dest),
-                                handles=frozenset({"not_found", "rejected"}))
+            await self._control(
+                f"downloading {file_id}",
+                lambda: self.provider.download(file_id, dest),
+                handles=frozenset({"not_found", "rejected"}),
+            )
         except ProviderError as err:
             # Gone (files expire after 30 days): its lines count as unanswered, so retried.
             self.warn(f"cannot download {file_id} of batch {shard.batch_id}: {err.message}")
@@ -913,11 +1011,27 @@ class BatchRun:
             return None
         return dest
 
-    def _result(self, shard: Shard, cid: str, line: int, out: LineOutcome,
-                latency: float | None, metadata: Any, list_input: bool) -> Result:
-        result = Result(request_id=cid, line=line, status="failed", model=shard.model,
-                        latency_ms=latency, attempts=shard.round, metadata=metadata,
-                        finished_at=now_iso(), error=out.error)
+    def _result(
+        self,
+        shard: Shard,
+        cid: str,
+        line: int,
+        out: LineOutcome,
+        latency: float | None,
+        metadata: Any,
+        list_input: bool,
+    ) -> Result:
+        result = Result(
+            request_id=cid,
+            line=line,
+            status="failed",
+            model=shard.model,
+            latency_ms=latency,
+            attempts=shard.round,
+            metadata=metadata,
+            finished_at=now_iso(),
+            error=out.error,
+        )
         body = out.body
         if out.verdict != "completed" or body is None:
             return result
@@ -943,21 +1057,31 @@ class BatchRun:
         record = result.record()
         if self.settings.output_format == "openai-batch":
             return to_openai_batch_line(
-                record, out.body if out else None, out.status_code if out else 0,
-                out.request_id if out else None, line_id=out.line_id if out else None)
+                record,
+                out.body if out else None,
+                out.status_code if out else 0,
+                out.request_id if out else None,
+                line_id=out.line_id if out else None,
+            )
         return record
 
     def _fail_shard(self, shard: Shard, err: ProviderError) -> None:
         """The provider refused the file or the batch (a 4xx): every request of it fails."""
-        self.warn(f"{shard.id} ({shard.model}, {len(shard.lines)} requests) refused: "
-                  f"{err.message}")
+        self.warn(f"{shard.id} ({shard.model}, {len(shard.lines)} requests) refused: {err.message}")
         error = {"type": err.type, "message": err.message, "status_code": err.status_code}
         records = []
         for cid, line in shard.lines.items():
             if line not in self.done:
                 out = LineOutcome("failed", error)
-                result = Result(request_id=cid, line=line, status="failed", model=shard.model,
-                                attempts=shard.round, error=error, finished_at=now_iso())
+                result = Result(
+                    request_id=cid,
+                    line=line,
+                    status="failed",
+                    model=shard.model,
+                    attempts=shard.round,
+                    error=error,
+                    finished_at=now_iso(),
+                )
                 records.append(self._emit(result, out))
                 self.done.add(line)
         self.journal.write(records)
@@ -983,8 +1107,14 @@ def _entries(path: Path) -> Iterator[dict[str, Any]]:
 
 def _latency_ms(batch: dict[str, Any]) -> float | None:
     created = batch.get("created_at")
-    ended = next((batch.get(k) for k in ("completed_at", "expired_at", "failed_at",
-                                         "cancelled_at") if batch.get(k)), None)
+    ended = next(
+        (
+            batch.get(k)
+            for k in ("completed_at", "expired_at", "failed_at", "cancelled_at")
+            if batch.get(k)
+        ),
+        None,
+    )
     if not isinstance(created, int | float) or not isinstance(ended, int | float):
         return None
     return max(0.0, (float(ended) - float(created)) * 1000.0)
@@ -995,38 +1125,73 @@ def _batch_failure(batch: dict[str, Any]) -> dict[str, Any]:
     errors = (batch.get("errors") or {}).get("data") or []
     detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:3])
     if status == "expired":
-        return {"type": "batch_expired", "status_code": None, "message":
-                f"batch {batch.get('id')} expired before this request ran"}
-    return {"type": f"batch_{status}", "status_code": None, "message":
-            f"batch {batch.get('id')} ended {status} without an answer for this request"
-            + (f" ({detail})" if detail else "")}
+        return {
+            "type": "batch_expired",
+            "status_code": None,
+            "message": f"batch {batch.get('id')} expired before this request ran",
+        }
+    return {
+        "type": f"batch_{status}",
+        "status_code": None,
+        "message": f"batch {batch.get('id')} ended {status} without an answer for this request"
+        + (f" ({detail})" if detail else ""),
+    }
 
 
 def _batch_line(req: Request) -> dict[str, Any]:
-    return {"custom_id": req.id, "method": "POST", "url": _url(req.endpoint),
-            "body": {"model": req.model, **req.body}}
+    return {
+        "custom_id": req.id,
+        "method": "POST",
+        "url": _url(req.endpoint),
+        "body": {"model": req.model, **req.body},
+    }
 
 
 def _pending(req: Request) -> Pending:
     size = len(orjson.dumps(_batch_line(req))) + 1
-    return Pending(id=req.id, line=req.line, endpoint=req.endpoint, model=req.model, round=1,
-                   bytes=size, tokens=req.est_tokens, metadata=req.metadata is not None,
-                   list_input=isinstance(req.body.get("input"), list))
+    return Pending(
+        id=req.id,
+        line=req.line,
+        endpoint=req.endpoint,
+        model=req.model,
+        round=1,
+        bytes=size,
+        tokens=req.est_tokens,
+        metadata=req.metadata is not None,
+        list_input=isinstance(req.body.get("input"), list),
+    )
 
 
-def _pending_of(shard: Shard, cid: str, line: int, error: dict[str, Any] | None,
-                list_input: bool, *, same_round: bool = False) -> Pending:
+def _pending_of(
+    shard: Shard,
+    cid: str,
+    line: int,
+    error: dict[str, Any] | None,
+    list_input: bool,
+    *,
+    same_round: bool = False,
+) -> Pending:
     n = max(1, shard.requests)
-    return Pending(id=cid, line=line, endpoint=shard.endpoint, model=shard.model,
-                   round=shard.round if same_round else shard.round + 1,
-                   bytes=shard.bytes // n + 1, tokens=shard.tokens // n + 1,
-                   metadata=shard.metadata, list_input=list_input, error=error)
+    return Pending(
+        id=cid,
+        line=line,
+        endpoint=shard.endpoint,
+        model=shard.model,
+        round=shard.round if same_round else shard.round + 1,
+        bytes=shard.bytes // n + 1,
+        tokens=shard.tokens // n + 1,
+        metadata=shard.metadata,
+        list_input=list_input,
+        error=error,
+    )
 
 
 def _pendings(shard: Shard) -> list[Pending]:
     lists = set(shard.list_inputs)
-    return [_pending_of(shard, cid, line, None, cid in lists, same_round=True)
-            for cid, line in shard.lines.items()]
+    return [
+        _pending_of(shard, cid, line, None, cid in lists, same_round=True)
+        for cid, line in shard.lines.items()
+    ]
 
 
 def _worst_case(prices: PriceBook, budget_max_tokens: int) -> Callable[[Request], float | None]:
@@ -1037,8 +1202,11 @@ def _worst_case(prices: PriceBook, budget_max_tokens: int) -> Callable[[Request]
         if price is None:
             return None
         prompt = req.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * req.n_messages + 3
-        completion = 0 if req.endpoint == "embeddings" else \
-            (req.max_tokens or budget_max_tokens) * int(req.body.get("n") or 1)
+        completion = (
+            0
+            if req.endpoint == "embeddings"
+            else (req.max_tokens or budget_max_tokens) * int(req.body.get("n") or 1)
+        )
         return worst_case_cost(price, prompt, completion, batch=True)
 
     return worst
@@ -1049,16 +1217,22 @@ def _client(base_url: str, api_key: str | None, timeout: float) -> AsyncOpenAI:
 
     # Control-plane calls (upload, create, poll) are not billed, so the SDK's own retries are
     # fine here, unlike on the direct hot path. Uploads of 200 MB need far more than --timeout.
-    return AsyncOpenAI(base_url=base_url, api_key=api_key or "sk-none", max_retries=2,
-                       timeout=max(timeout, 600.0))
+    return AsyncOpenAI(
+        base_url=base_url, api_key=api_key or "sk-none", max_retries=2, timeout=max(timeout, 600.0)
+    )
 
 
 # -- entry points -------------------------------------------------------------------------------
 
 
-async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], None],
-                        poll_interval: float | None = None,
-                        on_ready: Callable[[BatchRun], None] | None = None) -> RunOutcome:
+async def run_via_batch(
+    cfg: RunConfig,
+    *,
+    tally: Tally,
+    warn: Callable[[str], None],
+    poll_interval: float | None = None,
+    on_ready: Callable[[BatchRun], None] | None = None,
+) -> RunOutcome:
     """`burstq run INPUT -o OUTPUT --via batch`: the whole job, resumable by rerunning it.
 
     `on_ready` receives the BatchRun once it is set up (e.g. to wire signals to
@@ -1069,11 +1243,12 @@ async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], N
 
     settings = settings_from(cfg, poll_interval)
     if cfg.input == "-":
-        raise UsageError("--via batch needs INPUT as a file, not stdin (it is read again "
-                         "to build each batch file)")
+        raise UsageError(
+            "--via batch needs INPUT as a file, not stdin (it is read again "
+            "to build each batch file)"
+        )
     if cfg.output == "-":
-        raise UsageError("--via batch needs -o OUTPUT as a file: the batch state lives "
-                         "next to it")
+        raise UsageError("--via batch needs -o OUTPUT as a file: the batch state lives next to it")
     if cfg.fallback_models:
         warn("--fallback-model is not used with --via batch (each batch names one model)")
     in_path, out_path = Path(cfg.input), Path(cfg.output)
@@ -1091,14 +1266,28 @@ async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], N
         shape = dict(shaping(cfg))
         if settings.output_format != "burstq":
             shape.setdefault("output_format", settings.output_format)
-        fingerprint: dict[str, Any] = {"input": cfg.input, "shaping": shape,
-                                       "input_sha256": file_digest(in_path)}
+        fingerprint: dict[str, Any] = {
+            "input": cfg.input,
+            "shaping": shape,
+            "input_sha256": file_digest(in_path),
+        }
         # The simulated provider is new each run: its batches cannot be reattached to.
         state_url = "simulate" if cfg.simulate else _public_url(base_url)
         client = _client(base_url, api_key, cfg.timeout)
         try:
-            return await _run(cfg, settings, Provider(client), prices, tally, warn,
-                              fingerprint, state_url, in_path, out_path, on_ready)
+            return await _run(
+                cfg,
+                settings,
+                Provider(client),
+                prices,
+                tally,
+                warn,
+                fingerprint,
+                state_url,
+                in_path,
+                out_path,
+                on_ready,
+            )
         finally:
             await client.close()
     finally:
@@ -1106,10 +1295,19 @@ async def run_via_batch(cfg: RunConfig, *, tally: Tally, warn: Callable[[str], N
             simulate_server.close()
 
 
-async def _run(cfg: RunConfig, settings: BatchSettings, provider: Provider, prices: PriceBook,
-               tally: Tally, warn: Callable[[str], None], fingerprint: dict[str, Any],
-               state_url: str, in_path: Path, out_path: Path,
-               on_ready: Callable[[BatchRun], None] | None) -> RunOutcome:
+async def _run(
+    cfg: RunConfig,
+    settings: BatchSettings,
+    provider: Provider,
+    prices: PriceBook,
+    tally: Tally,
+    warn: Callable[[str], None],
+    fingerprint: dict[str, Any],
+    state_url: str,
+    in_path: Path,
+    out_path: Path,
+    on_ready: Callable[[BatchRun], None] | None,
+) -> RunOutcome:
     state_path = batch_state_path(out_path)
     old = load_state(state_path)
     if cfg.restart and old is not None:
@@ -1117,35 +1315,69 @@ async def _run(cfg: RunConfig, settings: BatchSettings, provider: Provider, pric
         state_path.unlink(missing_ok=True)
         old = None
     if settings.output_format == "openai-batch":
-        resume = resume_openai_batch(out_path, in_path, fingerprint, default_model=cfg.model,
-                                     restart=cfg.restart, retry_failed=cfg.retry_failed)
+        resume = resume_openai_batch(
+            out_path,
+            in_path,
+            fingerprint,
+            default_model=cfg.model,
+            restart=cfg.restart,
+            retry_failed=cfg.retry_failed,
+        )
     else:
-        resume = open_for_resume(out_path, fingerprint, restart=cfg.restart,
-                                 retry_failed=cfg.retry_failed)
+        resume = open_for_resume(
+            out_path, fingerprint, restart=cfg.restart, retry_failed=cfg.retry_failed
+        )
     tally.skipped, tally.skipped_failed = resume.records, resume.failed
     if resume.repaired_bytes:
-        warn(f"repaired a torn last line in {out_path} ({resume.repaired_bytes} bytes); "
-             "that request will be redone")
+        warn(
+            f"repaired a torn last line in {out_path} ({resume.repaired_bytes} bytes); "
+            "that request will be redone"
+        )
     if old is not None:
         if old.input_sha256 != fingerprint["input_sha256"]:
-            raise ResumeMismatch(f"{state_path} tracks batches of another input ({old.input}, "
-                                 "since changed or replaced). Use --restart to start over, or "
-                                 "another -o OUTPUT.")
-        if old.base_url != state_url and any(s.active for s in old.shards) and \
-                "simulate" not in (old.base_url, state_url):
-            raise ResumeMismatch(f"{state_path} tracks batches running at {old.base_url}; "
-                                 "rerun with that --base-url to collect them, or --restart.")
+            raise ResumeMismatch(
+                f"{state_path} tracks batches of another input ({old.input}, "
+                "since changed or replaced). Use --restart to start over, or "
+                "another -o OUTPUT."
+            )
+        if (
+            old.base_url != state_url
+            and any(s.active for s in old.shards)
+            and "simulate" not in (old.base_url, state_url)
+        ):
+            raise ResumeMismatch(
+                f"{state_path} tracks batches running at {old.base_url}; "
+                "rerun with that --base-url to collect them, or --restart."
+            )
         old.base_url = state_url
-    state = old or BatchState(run_id=secrets.token_hex(6), input=cfg.input,
-                              input_sha256=fingerprint["input_sha256"], base_url=state_url)
-    budget = Budget(cfg.max_cost, _worst_case(prices, cfg.budget_max_tokens)) \
-        if cfg.max_cost is not None else None
+    state = old or BatchState(
+        run_id=secrets.token_hex(6),
+        input=cfg.input,
+        input_sha256=fingerprint["input_sha256"],
+        base_url=state_url,
+    )
+    budget = (
+        Budget(cfg.max_cost, _worst_case(prices, cfg.budget_max_tokens))
+        if cfg.max_cost is not None
+        else None
+    )
     journal = Journal(out_path, fsync=cfg.fsync)
     workdir = Path(tempfile.mkdtemp(prefix="burstq-batch-"))
     try:
-        run = BatchRun(cfg, settings, provider=provider, prices=prices, tally=tally, warn=warn,
-                       state=state, state_path=state_path, done=resume.done, journal=journal,
-                       budget=budget, workdir=workdir)
+        run = BatchRun(
+            cfg,
+            settings,
+            provider=provider,
+            prices=prices,
+            tally=tally,
+            warn=warn,
+            state=state,
+            state_path=state_path,
+            done=resume.done,
+            journal=journal,
+            budget=budget,
+            workdir=workdir,
+        )
         src = FileSource(in_path, cfg.model)
         invalid: list[InvalidLine] = []
         src.scan(resume.done, invalid.append)
@@ -1163,8 +1395,9 @@ async def _run(cfg: RunConfig, settings: BatchSettings, provider: Provider, pric
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _cancel_active(provider: Provider, state: BatchState,
-                         warn: Callable[[str], None]) -> list[str]:
+async def _cancel_active(
+    provider: Provider, state: BatchState, warn: Callable[[str], None]
+) -> list[str]:
     cancelled = []
     for shard in state.shards:
         if shard.active and shard.batch_id and shard.status not in TERMINAL:
@@ -1176,8 +1409,10 @@ async def _cancel_active(provider: Provider, state: BatchState,
                     raise
                 warn(f"could not cancel batch {shard.batch_id}: {exc}")
     if cancelled:
-        warn(f"cancelled {len(cancelled)} running batch(es) of the previous run: "
-             + ", ".join(cancelled))
+        warn(
+            f"cancelled {len(cancelled)} running batch(es) of the previous run: "
+            + ", ".join(cancelled)
+        )
     return cancelled
 
 
@@ -1186,12 +1421,28 @@ def describe_batches(output: Path) -> dict[str, Any] | None:
     state = load_state(batch_state_path(output))
     if state is None:
         return None
-    shards = [{"shard": s.id, "endpoint": s.endpoint, "model": s.model, "round": s.round,
-               "state": s.state, "status": s.status, "batch_id": s.batch_id,
-               "file_id": s.file_id, "requests": s.requests} for s in state.shards]
-    return {"input": state.input, "base_url": state.base_url, "run_id": state.run_id,
-            "active": sum(1 for s in state.shards if s.active),
-            "waiting_for_next_round": len(state.retry), "shards": shards}
+    shards = [
+        {
+            "shard": s.id,
+            "endpoint": s.endpoint,
+            "model": s.model,
+            "round": s.round,
+            "state": s.state,
+            "status": s.status,
+            "batch_id": s.batch_id,
+            "file_id": s.file_id,
+            "requests": s.requests,
+        }
+        for s in state.shards
+    ]
+    return {
+        "input": state.input,
+        "base_url": state.base_url,
+        "run_id": state.run_id,
+        "active": sum(1 for s in state.shards if s.active),
+        "waiting_for_next_round": len(state.retry),
+        "shards": shards,
+    }
 
 
 async def cancel_batches(cfg: RunConfig, *, warn: Callable[[str], None]) -> list[str]:
@@ -1210,4 +1461,3 @@ async def cancel_batches(cfg: RunConfig, *, warn: Callable[[str], None]) -> list
         return await _cancel_active(Provider(client), state, warn)
     finally:
         await client.close()
-

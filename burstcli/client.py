@@ -36,10 +36,20 @@ class Reply:
 
 
 class CallError(Exception):
-    def __init__(self, type: str, message: str, *, status_code: int | None = None,
-                 retryable: bool = False, fatal: bool = False, fallback: bool = False,
-                 retry_after: float | None = None, maybe_billed: bool = False,
-                 headers: Mapping[str, str] | None = None, body: Any = None) -> None:
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retryable: bool = False,
+        fatal: bool = False,
+        fallback: bool = False,
+        retry_after: float | None = None,
+        maybe_billed: bool = False,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
         super().__init__(message)
         self.type = type
         self.message = message
@@ -60,8 +70,9 @@ class CallError(Exception):
 class ApiClient:
     """POSTs to an OpenAI-compatible base URL; one instance per run, one connection pool."""
 
-    def __init__(self, base_url: str, api_key: str | None, *, timeout: float,
-                 debug: bool = False) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, *, timeout: float, debug: bool = False
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = api_key or ""
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -74,8 +85,11 @@ class ApiClient:
     async def __aenter__(self) -> ApiClient:
         # limit=0: the engine's gate bounds concurrency; a second cap here would only hide it.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
-                                              json_serialize=lambda o: orjson.dumps(o).decode())
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -94,40 +108,60 @@ class ApiClient:
         url = self.base_url + ENDPOINT_PATHS[endpoint]
         payload = orjson.dumps({"model": model, **body})
         if self._debug:
-            print(f"burstq http > POST {url} Authorization: Bearer [REDACTED] "
-                  f"{payload[:500]!r}", file=sys.stderr)
+            print(
+                f"burstq http > POST {url} Authorization: Bearer [REDACTED] {payload[:500]!r}",
+                file=sys.stderr,
+            )
         try:
             async with self._session.post(url, data=payload, timeout=self.timeout) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise CallError("timeout", f"no answer within {self.timeout.total:g}s",
-                            retryable=True, maybe_billed=True) from exc
+            raise CallError(
+                "timeout",
+                f"no answer within {self.timeout.total:g}s",
+                retryable=True,
+                maybe_billed=True,
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
-            err = CallError("connection", self.redact(f"cannot connect to {url}: {exc}"),
-                            retryable=True)
+            err = CallError(
+                "connection", self.redact(f"cannot connect to {url}: {exc}"), retryable=True
+            )
             err.unreachable = True
             raise err from exc
         except (aiohttp.ClientError, OSError) as exc:
             # Reset or closed after the request left: the provider may have done (and billed) it.
-            raise CallError("connection", self.redact(f"{type(exc).__name__}: {exc}"),
-                            retryable=True, maybe_billed=True) from exc
+            raise CallError(
+                "connection",
+                self.redact(f"{type(exc).__name__}: {exc}"),
+                retryable=True,
+                maybe_billed=True,
+            ) from exc
         if self._debug:
             print(f"burstq http < {status} {raw[:500]!r}", file=sys.stderr)
         if status == 200:
             return Reply(self._parse_ok(endpoint, raw, headers), headers)
         raise self._classify(status, raw, headers, model)
 
-    def _parse_ok(self, endpoint: str, raw: bytes, headers: Mapping[str, str]
-                  ) -> dict[str, Any]:
+    def _parse_ok(self, endpoint: str, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise CallError("malformed_response", f"invalid JSON in a 200 answer: {exc}",
-                            status_code=200, retryable=True, maybe_billed=True) from exc
+            raise CallError(
+                "malformed_response",
+                f"invalid JSON in a 200 answer: {exc}",
+                status_code=200,
+                retryable=True,
+                maybe_billed=True,
+            ) from exc
         if not isinstance(data, dict):
-            raise CallError("malformed_response", "a 200 answer that is not a JSON object",
-                            status_code=200, retryable=True, maybe_billed=True)
+            raise CallError(
+                "malformed_response",
+                "a 200 answer that is not a JSON object",
+                status_code=200,
+                retryable=True,
+                maybe_billed=True,
+            )
         if "error" in data and not data.get("choices") and not data.get("data"):
             msg = _error_message(data, raw)
             raise CallError("server_error", self.redact(msg), status_code=200, retryable=True)
@@ -135,21 +169,40 @@ class ApiClient:
             try:
                 message = data["choices"][0]["message"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise CallError("malformed_response", "answer has no choices[0].message",
-                                status_code=200, retryable=True, maybe_billed=True) from exc
+                raise CallError(
+                    "malformed_response",
+                    "answer has no choices[0].message",
+                    status_code=200,
+                    retryable=True,
+                    maybe_billed=True,
+                ) from exc
             if not isinstance(message, dict):
-                raise CallError("malformed_response", "choices[0].message is not an object",
-                                status_code=200, retryable=True, maybe_billed=True)
+                raise CallError(
+                    "malformed_response",
+                    "choices[0].message is not an object",
+                    status_code=200,
+                    retryable=True,
+                    maybe_billed=True,
+                )
         else:
             items = data.get("data")
-            if not isinstance(items, list) or not items or \
-                    not all(isinstance(i, dict) and "embedding" in i for i in items):
-                raise CallError("malformed_response", "answer has no data[].embedding",
-                                status_code=200, retryable=True, maybe_billed=True)
+            if (
+                not isinstance(items, list)
+                or not items
+                or not all(isinstance(i, dict) and "embedding" in i for i in items)
+            ):
+                raise CallError(
+                    "malformed_response",
+                    "answer has no data[].embedding",
+                    status_code=200,
+                    retryable=True,
+                    maybe_billed=True,
+                )
         return data
 
-    def _classify(self, status: int, raw: bytes, headers: Mapping[str, str], model: str
-                  ) -> CallError:
+    def _classify(
+        self, status: int, raw: bytes, headers: Mapping[str, str], model: str
+    ) -> CallError:
         err = self._classify_status(status, raw, headers)
         err.headers = headers
         try:
@@ -158,8 +211,7 @@ class ApiClient:
             err.body = None
         return err
 
-    def _classify_status(self, status: int, raw: bytes, headers: Mapping[str, str]
-                         ) -> CallError:
+    def _classify_status(self, status: int, raw: bytes, headers: Mapping[str, str]) -> CallError:
         msg = self.redact(_error_message(None, raw))
         code, etype = _error_code(raw)
         if status in (401, 403):
@@ -169,21 +221,31 @@ class ApiClient:
                 return CallError("insufficient_quota", msg, status_code=status, fatal=True)
             if msg.startswith("Request too large"):
                 return CallError("request_too_large", msg, status_code=status)
-            return CallError("rate_limited", msg, status_code=status, retryable=True,
-                             retry_after=retry_after(headers), headers=headers)
+            return CallError(
+                "rate_limited",
+                msg,
+                status_code=status,
+                retryable=True,
+                retry_after=retry_after(headers),
+                headers=headers,
+            )
         if status == 404 and (code == "model_not_found" or "does not exist" in msg):
             return CallError("bad_request", msg, status_code=status, fallback=True)
         if status == 408:
-            return CallError("timeout", msg, status_code=status, retryable=True,
-                             maybe_billed=True)
+            return CallError("timeout", msg, status_code=status, retryable=True, maybe_billed=True)
         if status == 409:
             return CallError("server_error", msg, status_code=status, retryable=True)
         if status == 413:
             return CallError("request_too_large", msg, status_code=status)
         if 400 <= status < 500:
             return CallError("bad_request", msg, status_code=status)
-        return CallError("server_error", msg, status_code=status, retryable=True,
-                         retry_after=retry_after(headers))
+        return CallError(
+            "server_error",
+            msg,
+            status_code=status,
+            retryable=True,
+            retry_after=retry_after(headers),
+        )
 
 
 def _error_message(data: dict[str, Any] | None, raw: bytes) -> str:

@@ -60,11 +60,19 @@ def now_iso() -> str:
 
 
 def invalid_result(item: InvalidLine) -> Result:
-    return Result(request_id=item.id or f"line-{item.line}", line=item.line, status="failed",
-                  model=None, attempts=0,
-                  error={"type": "invalid_request", "message": f"line {item.line}: "
-                         f"{item.message}", "status_code": None},
-                  finished_at=now_iso())
+    return Result(
+        request_id=item.id or f"line-{item.line}",
+        line=item.line,
+        status="failed",
+        model=None,
+        attempts=0,
+        error={
+            "type": "invalid_request",
+            "message": f"line {item.line}: {item.message}",
+            "status_code": None,
+        },
+        finished_at=now_iso(),
+    )
 
 
 class Budget:
@@ -80,8 +88,10 @@ class Budget:
         """The amount held for `req`, or None when it would cross the cap."""
         amount = self._worst_case(req)
         if amount is None:
-            raise UsageError(f"--max-cost needs a price for model {req.model!r} (line "
-                             f"{req.line}); add one with --prices FILE")
+            raise UsageError(
+                f"--max-cost needs a price for model {req.model!r} (line "
+                f"{req.line}); add one with --prices FILE"
+            )
         if self.spent + self.reserved + amount > self.cap + 1e-12:
             return None
         self.reserved += amount
@@ -94,10 +104,19 @@ class Budget:
 
 
 class Engine:
-    def __init__(self, *, client: ApiClient, limits: Limits, journal: Journal,
-                 config: EngineConfig, price: PriceFn, budget: Budget | None = None,
-                 tally: Tally | None = None, rng: random.Random | None = None,
-                 formatter: Callable[[Result], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        client: ApiClient,
+        limits: Limits,
+        journal: Journal,
+        config: EngineConfig,
+        price: PriceFn,
+        budget: Budget | None = None,
+        tally: Tally | None = None,
+        rng: random.Random | None = None,
+        formatter: Callable[[Result], dict[str, Any]] | None = None,
+    ) -> None:
         self.client = client
         self.limits = limits
         self.journal = journal
@@ -230,10 +249,18 @@ class Engine:
         ceiling = limits.tpm_ceiling
         if ceiling and req.est_tokens > ceiling:
             # It can never fit in a minute's allowance: sending it would only earn a 429.
-            return self._failed(req, CallError(
-                "request_too_large", f"request needs ~{req.est_tokens} tokens (prompt chars/4 "
-                f"+ max_tokens) but the TPM ceiling is {ceiling:g}; shorten it or lower "
-                "max_tokens"), 0, 0, started)
+            return self._failed(
+                req,
+                CallError(
+                    "request_too_large",
+                    f"request needs ~{req.est_tokens} tokens (prompt chars/4 "
+                    f"+ max_tokens) but the TPM ceiling is {ceiling:g}; shorten it or lower "
+                    "max_tokens",
+                ),
+                0,
+                0,
+                started,
+            )
         for model in models:
             retries = limited = 0
             while True:
@@ -252,9 +279,13 @@ class Engine:
                     if req.endpoint == "chat":
                         output = (output or "").strip()
                         if not output:
-                            raise CallError("empty_response", "the completion was empty",
-                                            status_code=200, retryable=True,
-                                            maybe_billed=True)
+                            raise CallError(
+                                "empty_response",
+                                "the completion was empty",
+                                status_code=200,
+                                retryable=True,
+                                maybe_billed=True,
+                            )
                 except CallError as err:
                     tally.in_flight -= 1
                     last = err
@@ -281,31 +312,59 @@ class Engine:
                     raise
                 tally.in_flight -= 1
                 self._answered = True
-                usage = reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) \
-                    else None
-                limits.on_success(reply.headers, req.est_tokens,
-                                  int(usage.get("total_tokens") or 0) if usage else None)
-                return self._completed(req, model, output, vectors, usage, attempts,
-                                       unanswered, started, reply.data, reply.headers)
+                usage = (
+                    reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) else None
+                )
+                limits.on_success(
+                    reply.headers,
+                    req.est_tokens,
+                    int(usage.get("total_tokens") or 0) if usage else None,
+                )
+                return self._completed(
+                    req,
+                    model,
+                    output,
+                    vectors,
+                    usage,
+                    attempts,
+                    unanswered,
+                    started,
+                    reply.data,
+                    reply.headers,
+                )
             if last is not None and not (last.fallback or last.retryable):
                 break  # a bad request is bad for every model
         assert last is not None
         if last.unreachable and not self._answered:
             # Nothing has ever answered: a wrong --base-url or a server that is down. Stop
             # rather than fail every line; the request stays unrecorded for the rerun.
-            raise _Fatal(CallError("connection", f"{last.message} (no request has been "
-                                   "answered yet: check --base-url / OPENAI_BASE_URL)"))
+            raise _Fatal(
+                CallError(
+                    "connection",
+                    f"{last.message} (no request has been "
+                    "answered yet: check --base-url / OPENAI_BASE_URL)",
+                )
+            )
         return self._failed(req, last, attempts, unanswered, started)
 
     def _backoff(self, retry: int, server_hint: float | None) -> float:
         cfg = self.config
-        delay = self._rng.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2 ** retry))
+        delay = self._rng.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2**retry))
         return max(delay, server_hint or 0.0)
 
-    def _completed(self, req: Request, model: str, output: str | None,
-                   vectors: list[Any] | None, usage: dict[str, Any] | None, attempts: int,
-                   unanswered: int, started: float, data: dict[str, Any],
-                   headers: Mapping[str, str]) -> Result:
+    def _completed(
+        self,
+        req: Request,
+        model: str,
+        output: str | None,
+        vectors: list[Any] | None,
+        usage: dict[str, Any] | None,
+        attempts: int,
+        unanswered: int,
+        started: float,
+        data: dict[str, Any],
+        headers: Mapping[str, str],
+    ) -> Result:
         truncated = False
         if output is not None and len(output) > self.config.max_output_chars:
             output, truncated = output[: self.config.max_output_chars].rstrip(), True
@@ -314,24 +373,46 @@ class Engine:
             embedding = vectors if isinstance(req.body.get("input"), list) else vectors[0]
         cost = self.price(model, usage)
         return Result(
-            request_id=req.id, line=req.line, status="completed", model=req.model,
+            request_id=req.id,
+            line=req.line,
+            status="completed",
+            model=req.model,
             model_used=str(data.get("model") or model),  # the provider's word, e.g. a snapshot
-            output=output, embedding=embedding,
+            output=output,
+            embedding=embedding,
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-            attempts=attempts, usage=usage, cost_usd=cost, metadata=req.metadata,
-            finished_at=now_iso(), truncated=truncated, unanswered_attempts=unanswered,
-            response_body=data, response_status=200,
-            response_request_id=headers.get("x-request-id"))
+            attempts=attempts,
+            usage=usage,
+            cost_usd=cost,
+            metadata=req.metadata,
+            finished_at=now_iso(),
+            truncated=truncated,
+            unanswered_attempts=unanswered,
+            response_body=data,
+            response_status=200,
+            response_request_id=headers.get("x-request-id"),
+        )
 
-    def _failed(self, req: Request, err: CallError, attempts: int, unanswered: int,
-                started: float) -> Result:
+    def _failed(
+        self, req: Request, err: CallError, attempts: int, unanswered: int, started: float
+    ) -> Result:
         return Result(
-            request_id=req.id, line=req.line, status="failed", model=req.model,
-            model_used=None, output=None, attempts=attempts, error=err.as_dict(),
+            request_id=req.id,
+            line=req.line,
+            status="failed",
+            model=req.model,
+            model_used=None,
+            output=None,
+            attempts=attempts,
+            error=err.as_dict(),
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
-            metadata=req.metadata, finished_at=now_iso(), unanswered_attempts=unanswered,
-            response_body=err.body, response_status=err.status_code or 0,
-            response_request_id=err.headers.get("x-request-id"))
+            metadata=req.metadata,
+            finished_at=now_iso(),
+            unanswered_attempts=unanswered,
+            response_body=err.body,
+            response_status=err.status_code or 0,
+            response_request_id=err.headers.get("x-request-id"),
+        )
 
     # -- output -----------------------------------------------------------------------------
     def _record(self, result: Result) -> None:
@@ -359,8 +440,9 @@ class Engine:
                     t.cancel()
 
 
-async def aiter_items(items: Iterable[Request | InvalidLine], *, threaded: bool = False,
-                      chunk: int = 256) -> AsyncIterator[Request | InvalidLine]:
+async def aiter_items(
+    items: Iterable[Request | InvalidLine], *, threaded: bool = False, chunk: int = 256
+) -> AsyncIterator[Request | InvalidLine]:
     """Feed a sync source to the dispatcher; `threaded` for blocking streams such as stdin."""
     it: Iterator[Request | InvalidLine] = iter(items)
     if not threaded:

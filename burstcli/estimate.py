@@ -31,10 +31,19 @@ class _ModelTotals:
     endpoints: set[str] = field(default_factory=set)
 
 
-def estimate(path: Path, *, default_model: str, prices: PriceBook, rpm: float | None = None,
-             tpm: float | None = None, concurrency: int | None = None,
-             latency: float = 1.0, assume_max_tokens: int = 4096, typical_cap: int = 256,
-             batch: bool = False) -> dict[str, Any]:
+def estimate(
+    path: Path,
+    *,
+    default_model: str,
+    prices: PriceBook,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    concurrency: int | None = None,
+    latency: float = 1.0,
+    assume_max_tokens: int = 4096,
+    typical_cap: int = 256,
+    batch: bool = False,
+) -> dict[str, Any]:
     src = FileSource(path, default_model)
     invalid: list[InvalidLine] = []
     src.scan(None, invalid.append)
@@ -65,15 +74,20 @@ def estimate(path: Path, *, default_model: str, prices: PriceBook, rpm: float | 
             high_total += high
         else:
             unpriced.append(model)
-        models.append({
-            "model": model, "requests": t.requests, "endpoints": sorted(t.endpoints),
-            "prompt_tokens": t.prompt_tokens, "prompt_tokens_upper": t.prompt_upper,
-            "completion_tokens_typical": t.completion_typical,
-            "completion_tokens_worst": t.completion_worst,
-            "cost_usd_typical": None if low is None else round(low, 8),
-            "cost_usd_worst": None if high is None else round(high, 8),
-            "price_source": price.source if price else None,
-        })
+        models.append(
+            {
+                "model": model,
+                "requests": t.requests,
+                "endpoints": sorted(t.endpoints),
+                "prompt_tokens": t.prompt_tokens,
+                "prompt_tokens_upper": t.prompt_upper,
+                "completion_tokens_typical": t.completion_typical,
+                "completion_tokens_worst": t.completion_worst,
+                "cost_usd_typical": None if low is None else round(low, 8),
+                "cost_usd_worst": None if high is None else round(high, 8),
+                "price_source": price.source if price else None,
+            }
+        )
     n = sum(t.requests for t in per.values())
     rate_tokens = sum(t.rate_tokens for t in per.values())
     bounds: dict[str, float] = {}
@@ -100,8 +114,11 @@ def estimate(path: Path, *, default_model: str, prices: PriceBook, rpm: float | 
         "min_duration_s": round(bounds[binding], 3) if binding else None,
         "duration_bounds_s": {k: round(v, 3) for k, v in bounds.items()},
         "binding_limit": binding,
-        "assumptions": {"latency_s": latency, "assume_max_tokens": assume_max_tokens,
-                        "typical_completion_cap": typical_cap},
+        "assumptions": {
+            "latency_s": latency,
+            "assume_max_tokens": assume_max_tokens,
+            "typical_completion_cap": typical_cap,
+        },
     }
 
 

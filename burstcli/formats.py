@@ -27,9 +27,14 @@ from .journal import (
 from .reader import parse_line
 
 
-def to_openai_batch_line(result_record: dict[str, Any], body: dict[str, Any] | None,
-                         status_code: int, request_id: str | None, *,
-                         line_id: str | None = None) -> dict[str, Any]:
+def to_openai_batch_line(
+    result_record: dict[str, Any],
+    body: dict[str, Any] | None,
+    status_code: int,
+    request_id: str | None,
+    *,
+    line_id: str | None = None,
+) -> dict[str, Any]:
     """A burstq record in the Batch API's output-line shape (what OpenAI and `vllm run-batch`
     write): {id, custom_id, response: {status_code, request_id, body} | null, error}.
 
@@ -58,9 +63,15 @@ def _openai_line_failed(rec: dict[str, Any]) -> bool:
     return rec.get("error") is not None or not isinstance(status, int) or status >= 400
 
 
-def resume_openai_batch(output: Path, input_path: Path, fingerprint: dict[str, Any], *,
-                        default_model: str, restart: bool = False,
-                        retry_failed: bool = False) -> ResumeState:
+def resume_openai_batch(
+    output: Path,
+    input_path: Path,
+    fingerprint: dict[str, Any],
+    *,
+    default_model: str,
+    restart: bool = False,
+    retry_failed: bool = False,
+) -> ResumeState:
     """open_for_resume for an OUTPUT in the Batch API shape, which has no line numbers: the
     done lines are found by matching custom_ids against INPUT's request ids."""
     side = sidecar_path(output)
@@ -83,9 +94,11 @@ def resume_openai_batch(output: Path, input_path: Path, fingerprint: dict[str, A
                     rec = orjson.loads(raw)
                     cid = str(rec["custom_id"])
                 except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise UsageError(f"{output}:{n}: not a Batch API output line ({exc}); "
-                                     "refusing to resume over it. Use --restart to start "
-                                     "over, or another -o OUTPUT.") from exc
+                    raise UsageError(
+                        f"{output}:{n}: not a Batch API output line ({exc}); "
+                        "refusing to resume over it. Use --restart to start "
+                        "over, or another -o OUTPUT."
+                    ) from exc
                 failed = _openai_line_failed(rec)
                 if failed and retry_failed:
                     state.dropped_failed += 1

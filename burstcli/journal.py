@@ -96,29 +96,45 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
     side = sidecar_path(output)
     tmp = side.with_name(side.name + ".tmp")
-    tmp.write_bytes(orjson.dumps({"version": SIDECAR_VERSION, **fingerprint},
-                                 option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    tmp.write_bytes(
+        orjson.dumps(
+            {"version": SIDECAR_VERSION, **fingerprint},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
+    )
     os.replace(tmp, side)
 
 
 def check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
-    if old.get("input_sha256") and new.get("input_sha256") and \
-            old["input_sha256"] != new["input_sha256"]:
+    if (
+        old.get("input_sha256")
+        and new.get("input_sha256")
+        and old["input_sha256"] != new["input_sha256"]
+    ):
         raise ResumeMismatch(
             f"{output} was written from a different input ({old.get('input')!s}, "
-            "since changed or replaced). Use --restart to start over, or another -o OUTPUT.")
+            "since changed or replaced). Use --restart to start over, or another -o OUTPUT."
+        )
     old_shape, new_shape = old.get("shaping", {}), new.get("shaping", {})
-    changed = sorted(k for k in set(old_shape) | set(new_shape)
-                     if old_shape.get(k) != new_shape.get(k))
+    changed = sorted(
+        k for k in set(old_shape) | set(new_shape) if old_shape.get(k) != new_shape.get(k)
+    )
     if changed:
         detail = ", ".join(f"{k}: {old_shape.get(k)!r} -> {new_shape.get(k)!r}" for k in changed)
         raise ResumeMismatch(
             f"{output} was written with other request options ({detail}). Rerun with the "
-            "original options to resume, or use --restart to start over.")
+            "original options to resume, or use --restart to start over."
+        )
 
 
-def open_for_resume(output: Path, fingerprint: dict[str, Any], *, restart: bool = False,
-                    retry_failed: bool = False, keep_ids: bool = False) -> ResumeState:
+def open_for_resume(
+    output: Path,
+    fingerprint: dict[str, Any],
+    *,
+    restart: bool = False,
+    retry_failed: bool = False,
+    keep_ids: bool = False,
+) -> ResumeState:
     """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done."""
     side = sidecar_path(output)
     if restart:
@@ -185,7 +201,8 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     raise InputError(
                         f"{output}:{n}: not a burstq record ({exc}); refusing to resume over "
-                        "it. Use --restart to start over, or another -o OUTPUT.") from exc
+                        "it. Use --restart to start over, or another -o OUTPUT."
+                    ) from exc
                 if status == "failed" and retry_failed:
                     state.dropped_failed += 1
                     continue

@@ -155,9 +155,17 @@ class LimitsSnapshot:
 class Limits:
     """Concurrency gate, request and token pacers, shared pause, and what headers teach."""
 
-    def __init__(self, *, concurrency: int, rpm: float | None = None, tpm: float | None = None,
-                 clock: Clock, sleep: Sleep = asyncio.sleep, slow_start: bool = True,
-                 concurrency_given: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        slow_start: bool = True,
+        concurrency_given: bool = False,
+    ) -> None:
         self.max_concurrency = max(1, concurrency)
         self.user_rpm, self.user_tpm = rpm, tpm
         self.rpm_ceiling, self.tpm_ceiling = rpm, tpm
@@ -197,8 +205,9 @@ class Limits:
             return
 
     # -- feedback ---------------------------------------------------------------------------
-    def on_success(self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
-                   ) -> None:
+    def on_success(
+        self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
+    ) -> None:
         if real_tokens is not None and real_tokens > est_tokens:
             # Only debt: providers charge the estimate (max_tokens included) on arrival and
             # refund nothing, so giving unused tokens back would overrun their TPM.
@@ -228,8 +237,7 @@ class Limits:
         fresh = now >= self.paused_until
         pause = wait if wait is not None else 1.0
         self.paused_until = max(self.paused_until, now + pause)
-        for pacer, ceiling in ((self.requests, self.rpm_ceiling),
-                               (self.tokens, self.tpm_ceiling)):
+        for pacer, ceiling in ((self.requests, self.rpm_ceiling), (self.tokens, self.tpm_ceiling)):
             if fresh and pacer.rate and ceiling:
                 pacer.rate = max(ceiling / 60 * MIN_FRACTION, pacer.rate * BACKOFF_FACTOR)
             pacer.hold_until(self.paused_until)
@@ -276,8 +284,12 @@ class Limits:
     def snapshot(self) -> LimitsSnapshot:
         now = self._clock()
         return LimitsSnapshot(
-            concurrency=self.gate.limit, in_flight=self.gate.active,
+            concurrency=self.gate.limit,
+            in_flight=self.gate.active,
             rpm=self.requests.rate * 60 if self.requests.rate else None,
             tpm=self.tokens.rate * 60 if self.tokens.rate else None,
-            rpm_ceiling=self.rpm_ceiling, tpm_ceiling=self.tpm_ceiling,
-            rate_limited=self.rate_limited, paused_for=max(0.0, self.paused_until - now))
+            rpm_ceiling=self.rpm_ceiling,
+            tpm_ceiling=self.tpm_ceiling,
+            rate_limited=self.rate_limited,
+            paused_for=max(0.0, self.paused_until - now),
+        )

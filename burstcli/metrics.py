@@ -43,8 +43,24 @@ Warn = Callable[[str], None]
 
 # LLM answers range from ~100 ms (embeddings, short completions) to minutes (long generations,
 # reasoning models); the default buckets (5 ms .. 10 s) would put most of them in +Inf.
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0,
-                    60.0, 90.0, 120.0)
+DURATION_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    45.0,
+    60.0,
+    90.0,
+    120.0,
+)
 PUSH_TIMEOUT = 10.0
 UNKNOWN_MODEL = "unknown"
 NAN = math.nan
@@ -75,40 +91,65 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("ai_requests", "Finished requests by model and status.",
-                                ["model", "status"], registry=r)
-        self.duration = Histogram("ai_request_duration_seconds",
-                                  "Latency of completed requests, retries included.",
-                                  ["model"], buckets=DURATION_BUCKETS, registry=r)
+        self.requests = Counter(
+            "ai_requests", "Finished requests by model and status.", ["model", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "ai_request_duration_seconds",
+            "Latency of completed requests, retries included.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge("ai_active_requests", "Requests in flight.", registry=r)
-        self.tokens = Counter("ai_tokens", "Tokens used, by model and kind (prompt|completion).",
-                              ["model", "kind"], registry=r)
-        self.cost = Counter("ai_cost_usd", "Cost in USD of priced requests.", ["model"],
-                            registry=r)
-        self.unpriced = Counter("ai_unpriced_requests",
-                                "Completed requests whose model has no known price.",
-                                ["model"], registry=r)
-        self.errors = Counter("ai_request_errors", "Failed requests by model and error type.",
-                              ["model", "type"], registry=r)
-        self.retries = Counter("ai_retries", "Attempts after the first, 429 waits included.",
-                               registry=r)
+        self.tokens = Counter(
+            "ai_tokens",
+            "Tokens used, by model and kind (prompt|completion).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter("ai_cost_usd", "Cost in USD of priced requests.", ["model"], registry=r)
+        self.unpriced = Counter(
+            "ai_unpriced_requests",
+            "Completed requests whose model has no known price.",
+            ["model"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "ai_request_errors",
+            "Failed requests by model and error type.",
+            ["model", "type"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "ai_retries", "Attempts after the first, 429 waits included.", registry=r
+        )
         self.rate_limited = Counter("ai_rate_limited", "429 rate-limit answers.", registry=r)
         self.possibly_billed = Counter(
             "ai_possibly_billed_attempts",
-            "Attempts sent whose answer was lost (timeout, reset): maybe billed.", registry=r)
-        self.pending = Gauge("burstq_requests_pending",
-                             "Requests neither finished nor on the wire (NaN: input size unknown).",
-                             registry=r)
-        self.rpm_limit = Gauge("burstq_rpm_limit", "Requests/minute ceiling (NaN: unknown).",
-                               registry=r)
-        self.tpm_limit = Gauge("burstq_tpm_limit", "Tokens/minute ceiling (NaN: unknown).",
-                               registry=r)
-        self.rpm_pace = Gauge("burstq_rpm_pace", "Requests/minute pace in use (NaN: unpaced).",
-                              registry=r)
-        self.tpm_pace = Gauge("burstq_tpm_pace", "Tokens/minute pace in use (NaN: unpaced).",
-                              registry=r)
-        self.concurrency = Gauge("burstq_concurrency_limit", "Requests allowed in flight.",
-                                 registry=r)
+            "Attempts sent whose answer was lost (timeout, reset): maybe billed.",
+            registry=r,
+        )
+        self.pending = Gauge(
+            "burstq_requests_pending",
+            "Requests neither finished nor on the wire (NaN: input size unknown).",
+            registry=r,
+        )
+        self.rpm_limit = Gauge(
+            "burstq_rpm_limit", "Requests/minute ceiling (NaN: unknown).", registry=r
+        )
+        self.tpm_limit = Gauge(
+            "burstq_tpm_limit", "Tokens/minute ceiling (NaN: unknown).", registry=r
+        )
+        self.rpm_pace = Gauge(
+            "burstq_rpm_pace", "Requests/minute pace in use (NaN: unpaced).", registry=r
+        )
+        self.tpm_pace = Gauge(
+            "burstq_tpm_pace", "Tokens/minute pace in use (NaN: unpaced).", registry=r
+        )
+        self.concurrency = Gauge(
+            "burstq_concurrency_limit", "Requests allowed in flight.", registry=r
+        )
         for g in (self.pending, self.rpm_limit, self.tpm_limit, self.rpm_pace, self.tpm_pace):
             g.set(NAN)  # unknown until the first update(), not a misleading 0
         # Tally fields are running totals; counters only go up, so feed them the growth.
@@ -138,8 +179,11 @@ class Metrics:
     def update(self, tally: Tally, snap: LimitsSnapshot) -> None:
         """Copy the run's live figures from the engine's tally and the limits' snapshot."""
         self.active.set(tally.in_flight)
-        for name, counter in (("retries", self.retries), ("rate_limited", self.rate_limited),
-                              ("unanswered", self.possibly_billed)):
+        for name, counter in (
+            ("retries", self.retries),
+            ("rate_limited", self.rate_limited),
+            ("unanswered", self.possibly_billed),
+        ):
             value: int = getattr(tally, name)
             if value > self._seen[name]:
                 counter.inc(value - self._seen[name])
@@ -147,8 +191,7 @@ class Metrics:
         if tally.total is None:
             self.pending.set(NAN)
         else:
-            self.pending.set(max(0, tally.total - tally.skipped - tally.finished
-                                 - tally.in_flight))
+            self.pending.set(max(0, tally.total - tally.skipped - tally.finished - tally.in_flight))
         self.rpm_limit.set(NAN if snap.rpm_ceiling is None else snap.rpm_ceiling)
         self.tpm_limit.set(NAN if snap.tpm_ceiling is None else snap.tpm_ceiling)
         self.rpm_pace.set(NAN if snap.rpm is None else snap.rpm)
@@ -190,8 +233,15 @@ class Metrics:
             return f"cannot push metrics to {_redact_url(url)}: {reason}"
         return None
 
-    async def run_periodic(self, path: Path, tally: Tally, snapshot: Snapshot,
-                           interval: float = 5.0, *, warn: Warn | None = None) -> None:
+    async def run_periodic(
+        self,
+        path: Path,
+        tally: Tally,
+        snapshot: Snapshot,
+        interval: float = 5.0,
+        *,
+        warn: Warn | None = None,
+    ) -> None:
         """Rewrite `path` every `interval` seconds until cancelled, then once more, final.
 
         A failed write is reported through `warn` and retried next time: metrics must never

@@ -32,10 +32,14 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
     done = tally.finished
     total = f"/{tally.total - tally.skipped}" if tally.total is not None else ""
     rate = _rate(done, elapsed)
-    parts = [f"burstq: {done}{total} done", f"{tally.failed} failed",
-             f"{rate * 60:,.0f} req/min", f"{tally.in_flight} in flight",
-             f"{tally.prompt_tokens + tally.completion_tokens:,} tokens",
-             f"{_money(tally.cost_usd)}"]
+    parts = [
+        f"burstq: {done}{total} done",
+        f"{tally.failed} failed",
+        f"{rate * 60:,.0f} req/min",
+        f"{tally.in_flight} in flight",
+        f"{tally.prompt_tokens + tally.completion_tokens:,} tokens",
+        f"{_money(tally.cost_usd)}",
+    ]
     if tally.total is not None and rate > 0:
         left = tally.total - tally.skipped - done
         parts.append(f"ETA {_duration(left / rate)}")
@@ -63,8 +67,15 @@ def _duration(s: float) -> str:
 class Reporter:
     """Runs beside the engine; `mode` is 'rich', 'plain' or 'quiet'."""
 
-    def __init__(self, tally: Tally, snapshot: Snapshot, *, mode: str,
-                 interval: float | None = None, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        tally: Tally,
+        snapshot: Snapshot,
+        *,
+        mode: str,
+        interval: float | None = None,
+        stream: IO[str] | None = None,
+    ) -> None:
         self.tally = tally
         self.snapshot = snapshot
         self.mode = mode
@@ -93,10 +104,16 @@ class Reporter:
             TimeRemainingColumn,
         )
 
-        progress = Progress(TextColumn("[bold]burstq"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"),
-                            console=Console(file=self.stream), transient=False)
+        progress = Progress(
+            TextColumn("[bold]burstq"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=Console(file=self.stream),
+            transient=False,
+        )
         progress.start()
         self._task_id = progress.add_task("run", total=None, info="")
         self._progress = progress
@@ -115,9 +132,11 @@ class Reporter:
             assert isinstance(self._progress, Progress)
             t = self.tally
             total = t.total - t.skipped if t.total is not None else None
-            info = (f"{_rate(t.finished, elapsed) * 60:,.0f}/min "
-                    f"{t.prompt_tokens + t.completion_tokens:,}tok {_money(t.cost_usd)} "
-                    f"[red]{t.failed} failed[/] {t.in_flight} busy")
+            info = (
+                f"{_rate(t.finished, elapsed) * 60:,.0f}/min "
+                f"{t.prompt_tokens + t.completion_tokens:,}tok {_money(t.cost_usd)} "
+                f"[red]{t.failed} failed[/] {t.in_flight} busy"
+            )
             if snap.rpm:
                 info += f" rpm≤{snap.rpm:,.0f}"
             if snap.tpm:
@@ -147,11 +166,13 @@ class Reporter:
         parts = [f"{t.completed} completed", f"{t.failed} failed"]
         if t.skipped:
             parts.append(f"{t.skipped} already done")
-        parts += [f"{t.attempts} attempts ({t.retries} retries, {t.rate_limited} rate-limited)",
-                  f"{t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion tokens",
-                  f"cost {_money(t.cost_usd)}" + (f" (+{t.unpriced} unpriced)"
-                                                  if t.unpriced else ""),
-                  f"{elapsed:.1f}s", f"{_rate(t.finished, elapsed) * 60:,.0f} req/min"]
+        parts += [
+            f"{t.attempts} attempts ({t.retries} retries, {t.rate_limited} rate-limited)",
+            f"{t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion tokens",
+            f"cost {_money(t.cost_usd)}" + (f" (+{t.unpriced} unpriced)" if t.unpriced else ""),
+            f"{elapsed:.1f}s",
+            f"{_rate(t.finished, elapsed) * 60:,.0f} req/min",
+        ]
         if t.unanswered:
             parts.append(f"{t.unanswered} attempts possibly billed without an answer")
         return "burstq: " + ", ".join(parts)

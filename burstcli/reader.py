@@ -58,8 +58,9 @@ def _prompt_size(body: dict[str, Any]) -> tuple[int, int, int]:
     return chars, nbytes, n
 
 
-def parse_line(raw: bytes, line: int, default_model: str, *, trusted: bool = False
-               ) -> Request | InvalidLine | None:
+def parse_line(
+    raw: bytes, line: int, default_model: str, *, trusted: bool = False
+) -> Request | InvalidLine | None:
     """Parse one line; None for a blank line.
 
     `trusted` skips validation for a line the scan already accepted (the models are strict,
@@ -101,9 +102,15 @@ def _trusted(obj: dict[str, Any], line: int, default_model: str) -> Request:
         body = {"messages": [_no_none(m) for m in obj["messages"]], **params}
     else:
         body = {"messages": [{"role": "user", "content": obj["input"]}], **params}
-    return _request(line, str(rid) if rid is not None and rid != "" else f"line-{line}",
-                    endpoint, obj.get("model") or default_model, body,
-                    obj.get("priority") or 5, obj.get("metadata"))
+    return _request(
+        line,
+        str(rid) if rid is not None and rid != "" else f"line-{line}",
+        endpoint,
+        obj.get("model") or default_model,
+        body,
+        obj.get("priority") or 5,
+        obj.get("metadata"),
+    )
 
 
 def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
@@ -134,8 +141,9 @@ def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request
         else:
             return InvalidLine(line, rid, "input: must be a non-empty string for chat")
         body = {"messages": messages, **params}
-    return _request(line, rid, nl.endpoint, nl.model or default_model, body, nl.priority,
-                    nl.metadata)
+    return _request(
+        line, rid, nl.endpoint, nl.model or default_model, body, nl.priority, nl.metadata
+    )
 
 
 def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
@@ -158,13 +166,30 @@ def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request 
     return _request(line, bl.custom_id, endpoint, model, body, 5, None)
 
 
-def _request(line: int, rid: str, endpoint: Any, model: str, body: dict[str, Any],
-             priority: int, metadata: dict[str, Any] | None) -> Request:
+def _request(
+    line: int,
+    rid: str,
+    endpoint: Any,
+    model: str,
+    body: dict[str, Any],
+    priority: int,
+    metadata: dict[str, Any] | None,
+) -> Request:
     chars, nbytes, nmsg = _prompt_size(body)
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    return Request(line=line, id=rid, endpoint=endpoint, model=model, body=body,
-                   priority=priority, metadata=metadata, prompt_chars=chars,
-                   prompt_bytes=nbytes, n_messages=nmsg, max_tokens=max_tokens)
+    return Request(
+        line=line,
+        id=rid,
+        endpoint=endpoint,
+        model=model,
+        body=body,
+        priority=priority,
+        metadata=metadata,
+        prompt_chars=chars,
+        prompt_bytes=nbytes,
+        n_messages=nmsg,
+        max_tokens=max_tokens,
+    )
 
 
 class IdSet:
@@ -320,8 +345,9 @@ class StreamSource:
         self.done = 0
         self.invalid = 0
 
-    def items(self, done: Done | None, done_ids: dict[int, str] | None = None
-              ) -> Iterator[Request | InvalidLine]:
+    def items(
+        self, done: Done | None, done_ids: dict[int, str] | None = None
+    ) -> Iterator[Request | InvalidLine]:
         """Invalid lines as soon as they are read; requests once buffered, highest first.
 
         `done_ids` (line -> request_id of OUTPUT's records) proves a resumed stream is the same
@@ -339,7 +365,8 @@ class StreamSource:
                         raise ResumeMismatch(
                             f"stdin line {line} is request {rid!r}, but OUTPUT's record for "
                             f"line {line} is {done_ids[line]!r}: this is not the input OUTPUT "
-                            "was written from. Use --restart, or another -o OUTPUT.")
+                            "was written from. Use --restart, or another -o OUTPUT."
+                        )
                 self.total += 1
                 self.done += 1
                 continue

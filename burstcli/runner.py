@@ -78,15 +78,18 @@ class RunReport:
     budget_spent: float | None = None
 
 
-def provider(cfg: RunConfig, base_url: str | None, api_key: str | None,
-             warn: Callable[[str], None]) -> tuple[str, PriceBook]:
+def provider(
+    cfg: RunConfig, base_url: str | None, api_key: str | None, warn: Callable[[str], None]
+) -> tuple[str, PriceBook]:
     """The base URL to call (refusing OpenAI's without a key) and the prices for its models."""
     from .pricing import PriceBook, PricesFileError
 
     base_url = base_url or OPENAI_BASE_URL
     if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
-        raise UsageError("no API key: set OPENAI_API_KEY or pass --api-key "
-                         "(or try the whole pipeline offline with --simulate)")
+        raise UsageError(
+            "no API key: set OPENAI_API_KEY or pass --api-key "
+            "(or try the whole pipeline offline with --simulate)"
+        )
     try:
         return base_url, PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
     except PricesFileError as exc:
@@ -140,10 +143,17 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     if cfg.simulate:
         from .mock_server import MockConfig, ThreadedMockServer
 
-        simulate_server = ThreadedMockServer(MockConfig(
-            latency=0.15, latency_jitter=0.2, fault_rate=0.03, seed=7, hang_seconds=2.0,
-            rpm=max(1, int(cfg.rpm)) if cfg.rpm else None,
-            tpm=max(1, int(cfg.tpm)) if cfg.tpm else None))
+        simulate_server = ThreadedMockServer(
+            MockConfig(
+                latency=0.15,
+                latency_jitter=0.2,
+                fault_rate=0.03,
+                seed=7,
+                hang_seconds=2.0,
+                rpm=max(1, int(cfg.rpm)) if cfg.rpm else None,
+                tpm=max(1, int(cfg.tpm)) if cfg.tpm else None,
+            )
+        )
         simulate_server.start()
         base_url, api_key = simulate_server.base_url, "sk-simulate"
     base_url, prices = provider(cfg, base_url, api_key, warn)
@@ -162,55 +172,94 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         from .formats import resume_openai_batch, to_openai_batch_line
 
         if in_path is None or out_path is None:
-            raise UsageError("--output-format openai-batch needs an INPUT file and an OUTPUT "
-                             "file (its lines have no line numbers to resume by)")
+            raise UsageError(
+                "--output-format openai-batch needs an INPUT file and an OUTPUT "
+                "file (its lines have no line numbers to resume by)"
+            )
 
         def formatter(result: Result) -> dict[str, Any]:
-            return to_openai_batch_line(result.record(), result.response_body,
-                                        result.response_status, result.response_request_id)
+            return to_openai_batch_line(
+                result.record(),
+                result.response_body,
+                result.response_status,
+                result.response_request_id,
+            )
 
-        state = resume_openai_batch(out_path, in_path, fingerprint, default_model=cfg.model,
-                                    restart=cfg.restart, retry_failed=cfg.retry_failed)
+        state = resume_openai_batch(
+            out_path,
+            in_path,
+            fingerprint,
+            default_model=cfg.model,
+            restart=cfg.restart,
+            retry_failed=cfg.retry_failed,
+        )
     elif out_path is not None:
-        state = open_for_resume(out_path, fingerprint, restart=cfg.restart,
-                                retry_failed=cfg.retry_failed, keep_ids=in_path is None)
+        state = open_for_resume(
+            out_path,
+            fingerprint,
+            restart=cfg.restart,
+            retry_failed=cfg.retry_failed,
+            keep_ids=in_path is None,
+        )
     if out_path is not None:
         done_ids = state.ids
         done = state.done
         spent_before = state.cost_usd
         tally.skipped, tally.skipped_failed = state.records, state.failed
         if state.repaired_bytes:
-            warn(f"repaired a torn last line in {out_path} ({state.repaired_bytes} bytes); "
-                 "that request will be redone")
+            warn(
+                f"repaired a torn last line in {out_path} ({state.repaired_bytes} bytes); "
+                "that request will be redone"
+            )
 
     journal = Journal(out_path, fsync=cfg.fsync)
     loop = asyncio.get_running_loop()
-    limits = Limits(concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, clock=loop.time,
-                    concurrency_given=cfg.concurrency_given)
+    limits = Limits(
+        concurrency=cfg.concurrency,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        clock=loop.time,
+        concurrency_given=cfg.concurrency_given,
+    )
 
     def worst_case(req: Request) -> float | None:
         price = prices.price(req.model)
         if price is None:
             return None
         prompt = req.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * req.n_messages + 3
-        completion = 0 if req.endpoint == "embeddings" else \
-            (req.max_tokens or cfg.budget_max_tokens) * int(req.body.get("n") or 1)
+        completion = (
+            0
+            if req.endpoint == "embeddings"
+            else (req.max_tokens or cfg.budget_max_tokens) * int(req.body.get("n") or 1)
+        )
         return worst_case_cost(price, prompt, completion)
 
-    budget = Budget(cfg.max_cost, worst_case, spent_before) if cfg.max_cost is not None \
-        else None
-    config = EngineConfig(fallback_models=cfg.fallback_models, max_retries=cfg.max_retries,
-                          backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
-                          max_output_chars=cfg.max_output_chars, grace=cfg.grace,
-                          max_cost=cfg.max_cost)
+    budget = Budget(cfg.max_cost, worst_case, spent_before) if cfg.max_cost is not None else None
+    config = EngineConfig(
+        fallback_models=cfg.fallback_models,
+        max_retries=cfg.max_retries,
+        backoff_base=cfg.backoff_base,
+        backoff_max=cfg.backoff_max,
+        max_output_chars=cfg.max_output_chars,
+        grace=cfg.grace,
+        max_cost=cfg.max_cost,
+    )
     mode = _reporter_mode(cfg)
-    reporter = Reporter(tally, limits.snapshot, mode=mode,
-                        interval=cfg.status_every if mode == "plain" else None)
+    reporter = Reporter(
+        tally, limits.snapshot, mode=mode, interval=cfg.status_every if mode == "plain" else None
+    )
     try:
         async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
-            engine = Engine(client=client, limits=limits, journal=journal, config=config,
-                            price=prices.cost, budget=budget, tally=tally,
-                            formatter=formatter)
+            engine = Engine(
+                client=client,
+                limits=limits,
+                journal=journal,
+                config=config,
+                price=prices.cost,
+                budget=budget,
+                tally=tally,
+                formatter=formatter,
+            )
             items = _source(cfg, in_path, done, done_ids, tally)
             metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -243,12 +292,12 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         if simulate_server is not None:
             simulate_server.close()
     elapsed = time.monotonic() - started
-    return RunReport(outcome, elapsed, reporter.summary(elapsed),
-                     budget.spent if budget is not None else None)
+    return RunReport(
+        outcome, elapsed, reporter.summary(elapsed), budget.spent if budget is not None else None
+    )
 
 
-async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float
-                         ) -> RunReport:
+async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float) -> RunReport:
     """--via batch: hand the file to the provider's Batch API (batch.py does the work)."""
     from .batch import BatchRun, run_via_batch
     from .limits import LimitsSnapshot
@@ -257,9 +306,16 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
     loop = asyncio.get_running_loop()
 
     def snapshot() -> LimitsSnapshot:
-        return LimitsSnapshot(concurrency=0, in_flight=tally.in_flight, rpm=None, tpm=None,
-                              rpm_ceiling=None, tpm_ceiling=None, rate_limited=0,
-                              paused_for=0.0)
+        return LimitsSnapshot(
+            concurrency=0,
+            in_flight=tally.in_flight,
+            rpm=None,
+            tpm=None,
+            rpm_ceiling=None,
+            tpm_ceiling=None,
+            rate_limited=0,
+            paused_for=0.0,
+        )
 
     reporter = Reporter(tally, snapshot, mode=_reporter_mode(cfg))
     runs: list[BatchRun] = []
@@ -281,8 +337,9 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
     return RunReport(outcome, elapsed, reporter.summary(elapsed), spent)
 
 
-def _metrics(cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits,
-             warn: Callable[[str], None]) -> tuple[Any, asyncio.Task[None] | None]:
+def _metrics(
+    cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits, warn: Callable[[str], None]
+) -> tuple[Any, asyncio.Task[None] | None]:
     if not (cfg.metrics_file or cfg.pushgateway):
         return None, None
     from .metrics import Metrics
@@ -296,14 +353,19 @@ def _metrics(cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits,
         metrics.write(cfg.metrics_file)  # fail before anything is sent
     except OSError as exc:
         raise UsageError(f"cannot write {cfg.metrics_file}: {exc.strerror or exc}") from exc
-    task = asyncio.create_task(metrics.run_periodic(cfg.metrics_file, tally, limits.snapshot,
-                                                    warn=warn))
+    task = asyncio.create_task(
+        metrics.run_periodic(cfg.metrics_file, tally, limits.snapshot, warn=warn)
+    )
     return metrics, task
 
 
-def _source(cfg: RunConfig, in_path: Path | None, done: Done | None,
-            done_ids: dict[int, str] | None, tally: Tally
-            ) -> AsyncIterator[Request | InvalidLine]:
+def _source(
+    cfg: RunConfig,
+    in_path: Path | None,
+    done: Done | None,
+    done_ids: dict[int, str] | None,
+    tally: Tally,
+) -> AsyncIterator[Request | InvalidLine]:
     if in_path is None:
         stream = StreamSource(sys.stdin.buffer, cfg.model, window=cfg.stdin_window)
         return aiter_items(stream.items(done, done_ids), threaded=True)
@@ -315,8 +377,9 @@ def _source(cfg: RunConfig, in_path: Path | None, done: Done | None,
     return _chain(invalid, src.requests())
 
 
-async def _chain(first: list[InvalidLine], then: Iterator[Request]
-                 ) -> AsyncIterator[Request | InvalidLine]:
+async def _chain(
+    first: list[InvalidLine], then: Iterator[Request]
+) -> AsyncIterator[Request | InvalidLine]:
     for item in first:
         yield item
     async for req in aiter_items(then):

@@ -78,7 +78,8 @@ WORST_CASE_NOTE = (
     "worst_case adds, for every attempt sent whose answer was lost (unanswered_attempts: "
     "timeouts, resets, empty answers), the mean cost of one completed request of that record's "
     "model (model_used, else model), on the assumption that the provider billed it; attempts "
-    "of a model with no priced completed request are counted in unpriced_unanswered instead.")
+    "of a model with no priced completed request are counted in unpriced_unanswered instead."
+)
 
 
 def nearest_rank(sorted_values: Sequence[float], p: int) -> float | None:
@@ -166,17 +167,26 @@ def _histogram(values: Iterable[float]) -> dict[str, Any]:
         counts[i] += 1
     los = (0, *HISTOGRAM_BOUNDS_MS)
     his: tuple[int | None, ...] = (*HISTOGRAM_BOUNDS_MS, None)
-    return {"unit": "ms", "buckets": [{"lo": lo, "hi": hi, "count": c}
-                                      for lo, hi, c in zip(los, his, counts, strict=True)]}
+    return {
+        "unit": "ms",
+        "buckets": [
+            {"lo": lo, "hi": hi, "count": c} for lo, hi, c in zip(los, his, counts, strict=True)
+        ],
+    }
 
 
-def _timeline(times: list[tuple[float, bool]], start: float | None, wall: float | None,
-              start_raw: str | None) -> dict[str, Any]:
+def _timeline(
+    times: list[tuple[float, bool]], start: float | None, wall: float | None, start_raw: str | None
+) -> dict[str, Any]:
     if start is None:
         return {"start": None, "bin_seconds": 0.0, "counts": [], "failed": []}
     if not wall:
-        return {"start": start_raw, "bin_seconds": 0.0, "counts": [len(times)],
-                "failed": [sum(1 for _, failed in times if failed)]}
+        return {
+            "start": start_raw,
+            "bin_seconds": 0.0,
+            "counts": [len(times)],
+            "failed": [sum(1 for _, failed in times if failed)],
+        }
     width = wall / TIMELINE_BINS
     counts = [0] * TIMELINE_BINS
     failed = [0] * TIMELINE_BINS
@@ -277,7 +287,9 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
                 worst_extra += m.unanswered * mean_cost
         m.latencies.sort()
         model_out[name] = {
-            "count": m.count, "completed": m.completed, "failed": m.failed,
+            "count": m.count,
+            "completed": m.completed,
+            "failed": m.failed,
             "tokens": {"prompt": m.prompt, "completion": m.completion, "total": m.total},
             "cost_usd": _cost_or_null(m.cost, m.priced, m.unpriced),
             "unpriced": m.unpriced,
@@ -314,6 +326,7 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             "throughput_per_min": throughput,
         },
         "histogram": _histogram(latencies),
-        "timeline": _timeline(times, first[0] if first else None, wall,
-                              first[1] if first else None),
+        "timeline": _timeline(
+            times, first[0] if first else None, wall, first[1] if first else None
+        ),
     }

@@ -92,21 +92,30 @@ def _summary(stats: dict[str, Any]) -> Table:
     for name, n in others.items():
         table.add_row(f"Status {name!r}", f"{n:,}")
     table.add_row("Success rate", _pct(stats["success_rate"]))
-    table.add_row("Wall time", f"{_duration(t['wall_seconds'])}"
-                  + (f"  ({t['first_finished_at']} -> {t['last_finished_at']})"
-                     if t["first_finished_at"] else ""))
+    table.add_row(
+        "Wall time",
+        f"{_duration(t['wall_seconds'])}"
+        + (
+            f"  ({t['first_finished_at']} -> {t['last_finished_at']})"
+            if t["first_finished_at"]
+            else ""
+        ),
+    )
     tp = t["throughput_per_min"]
     table.add_row("Throughput", "-" if tp is None else f"{tp:,.1f} requests/min")
     table.add_row("Attempts", f"{att['total']:,} ({att['retries']:,} retries)")
-    table.add_row("Tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + "
-                  f"{tok['completion']:,} completion)")
+    table.add_row(
+        "Tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"
+    )
     priced = _money(cost["total"])
     if cost["unpriced_completed"]:
         priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
     table.add_row("Cost", priced)
     if att["unanswered"]:
-        worst = (f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
-                 "attempts were billed")
+        worst = (
+            f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
+            "attempts were billed"
+        )
         if cost["unpriced_unanswered"]:
             worst += f" (+{cost['unpriced_unanswered']:,} without a price)"
         table.add_row("Worst-case cost", worst)
@@ -115,9 +124,13 @@ def _summary(stats: dict[str, Any]) -> Table:
 
 def _latency(stats: dict[str, Any]) -> Table:
     lat = stats["latency_ms"]
-    table = Table(title=f"Latency (n={lat['count']:,} completed)", box=box.SIMPLE,
-                  title_justify="left", caption=f"percentiles by {lat['method']}",
-                  caption_justify="left")
+    table = Table(
+        title=f"Latency (n={lat['count']:,} completed)",
+        box=box.SIMPLE,
+        title_justify="left",
+        caption=f"percentiles by {lat['method']}",
+        caption_justify="left",
+    )
     for col in ("p50", "p90", "p99", "max", "mean"):
         table.add_column(col, justify="right")
     table.add_row(*(_ms(lat[k]) for k in ("p50", "p90", "p99", "max", "mean")))
@@ -132,8 +145,11 @@ def _histogram(stats: dict[str, Any]) -> Table:
     table.add_column("count", justify="right")
     table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
     for b in buckets:
-        label = f"> {_bound(b['lo'])}" if b["hi"] is None else \
-            f"{_bound(b['lo']) if b['lo'] else '0'} - {_bound(b['hi'])}"
+        label = (
+            f"> {_bound(b['lo'])}"
+            if b["hi"] is None
+            else f"{_bound(b['lo']) if b['lo'] else '0'} - {_bound(b['hi'])}"
+        )
         table.add_row(label, f"{b['count']:,}", bar(b["count"], largest))
     return table
 
@@ -144,8 +160,10 @@ def _timeline(stats: dict[str, Any]) -> Group | None:
         return None
     peak = max(tl["counts"])
     if tl["bin_seconds"]:
-        title = (f"Requests over time ({len(tl['counts'])} bins of "
-                 f"{_duration(tl['bin_seconds'])}, peak {peak:,} per bin)")
+        title = (
+            f"Requests over time ({len(tl['counts'])} bins of "
+            f"{_duration(tl['bin_seconds'])}, peak {peak:,} per bin)"
+        )
     else:
         title = f"Requests over time (all {peak:,} finished at {tl['start']})"
     # The title goes above the grid, not in it: a table title wraps at the table's width,
@@ -168,9 +186,15 @@ def _models(stats: dict[str, Any]) -> Table:
         cost = _money(m["cost_usd"])
         if m["unpriced"] and m["cost_usd"] is not None:
             cost += "+?"  # partly priced: the figure is a floor
-        table.add_row(name, f"{m['count']:,}", f"{m['completed']:,}",
-                      Text(f"{m['failed']:,}", style="red" if m["failed"] else ""),
-                      f"{m['tokens']['total']:,}", cost, _ms(m["latency_p50_ms"]))
+        table.add_row(
+            name,
+            f"{m['count']:,}",
+            f"{m['completed']:,}",
+            Text(f"{m['failed']:,}", style="red" if m["failed"] else ""),
+            f"{m['tokens']['total']:,}",
+            cost,
+            _ms(m["latency_p50_ms"]),
+        )
     return table
 
 

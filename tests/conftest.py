@@ -51,13 +51,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def run_cli(args: Sequence[str], *, input: str | bytes | None = None,
-            env: dict[str, str] | None = None) -> Result:
+def run_cli(
+    args: Sequence[str], *, input: str | bytes | None = None, env: dict[str, str] | None = None
+) -> Result:
     runner = CliRunner()
     return runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
 
 
 def run_args(srv: ThreadedMockServer, inp: Path, out: Path, *extra: str) -> list[str]:
     """A `burstq run` against the mock with fast backoff and plain progress."""
-    return ["run", str(inp), "-o", str(out), "--base-url", srv.base_url, "--api-key", TEST_KEY,
-            "--backoff-base", "0.01", "--progress", "quiet", *extra]
+    return [
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        srv.base_url,
+        "--api-key",
+        TEST_KEY,
+        "--backoff-base",
+        "0.01",
+        "--progress",
+        "quiet",
+        *extra,
+    ]

@@ -37,9 +37,13 @@ _BATCH_FIELDS = {"batch_size": 50_000, "completion_window": "24h", "output_forma
 _have = {f.name for f in dataclasses.fields(RunConfig)}
 BatchConfig = dataclasses.make_dataclass(
     "BatchConfig",
-    [(k, type(v), dataclasses.field(default=v)) for k, v in _BATCH_FIELDS.items()
-     if k not in _have],
-    bases=(RunConfig,))
+    [
+        (k, type(v), dataclasses.field(default=v))
+        for k, v in _BATCH_FIELDS.items()
+        if k not in _have
+    ],
+    bases=(RunConfig,),
+)
 
 POLL = 0.05
 
@@ -49,16 +53,21 @@ class Killed(Exception):
 
 
 def cfg_for(srv: ThreadedMockServer, inp: Path, out: Path, **kw: Any) -> RunConfig:
-    cfg: RunConfig = BatchConfig(input=str(inp), output=str(out), base_url=srv.base_url,
-                                 api_key=TEST_KEY, backoff_base=0.01, **kw)
+    cfg: RunConfig = BatchConfig(
+        input=str(inp),
+        output=str(out),
+        base_url=srv.base_url,
+        api_key=TEST_KEY,
+        backoff_base=0.01,
+        **kw,
+    )
     return cfg
 
 
 async def run(cfg: RunConfig, **kw: Any) -> tuple[RunOutcome, Tally, list[str]]:
     tally = Tally()
     warnings: list[str] = []
-    outcome = await run_via_batch(cfg, tally=tally, warn=warnings.append, poll_interval=POLL,
-                                  **kw)
+    outcome = await run_via_batch(cfg, tally=tally, warn=warnings.append, poll_interval=POLL, **kw)
     return outcome, tally, warnings
 
 
@@ -70,10 +79,20 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def mixed_rows() -> list[dict[str, Any]]:
     """25 requests over two models; 4 of them expire or fail in their first batch."""
-    special = {3: " [[mock:expire*1]]", 17: " [[mock:expire*1]]",
-               5: " [[mock:batchfail*1]]", 20: " [[mock:batchfail*1]]"}
-    return [{"id": f"r{i}", "input": f"question {i}{special.get(i, '')}",
-             "model": "gpt-4o" if i % 2 else "gpt-4o-mini"} for i in range(25)]
+    special = {
+        3: " [[mock:expire*1]]",
+        17: " [[mock:expire*1]]",
+        5: " [[mock:batchfail*1]]",
+        20: " [[mock:batchfail*1]]",
+    }
+    return [
+        {
+            "id": f"r{i}",
+            "input": f"question {i}{special.get(i, '')}",
+            "model": "gpt-4o" if i % 2 else "gpt-4o-mini",
+        }
+        for i in range(25)
+    ]
 
 
 def check_exactly_once(out: Path, expected_ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -107,7 +126,11 @@ async def test_sharded_job_interrupted_and_resumed(tmp_path: Path, server) -> No
     assert [r["request_id"] for r in read_jsonl(out)] == ["bad"]  # invalid lines come first
     shards = state_of(out)["shards"]
     assert sorted((s["model"], s["requests"]) for s in shards) == [
-        ("gpt-4o", 2), ("gpt-4o", 10), ("gpt-4o-mini", 3), ("gpt-4o-mini", 10)]
+        ("gpt-4o", 2),
+        ("gpt-4o", 10),
+        ("gpt-4o-mini", 3),
+        ("gpt-4o-mini", 10),
+    ]
     assert all(s["batch_id"] and s["file_id"] for s in shards)
 
     outcome, tally, _ = await run(cfg)
@@ -128,9 +151,15 @@ async def test_sharded_job_interrupted_and_resumed(tmp_path: Path, server) -> No
     assert stats["batches_created"] == 6
     assert stats["batch_lines_submitted"] == 25 + 4
     assert stats["completed_by_prompt"] == {
-        f"question {i}" + {3: " [[mock:expire*1]]", 17: " [[mock:expire*1]]",
-                           5: " [[mock:batchfail*1]]",
-                           20: " [[mock:batchfail*1]]"}.get(i, ""): 1 for i in range(25)}
+        f"question {i}"
+        + {
+            3: " [[mock:expire*1]]",
+            17: " [[mock:expire*1]]",
+            5: " [[mock:batchfail*1]]",
+            20: " [[mock:batchfail*1]]",
+        }.get(i, ""): 1
+        for i in range(25)
+    }
     assert tally.completed == 25 and tally.skipped == 1 and tally.in_flight == 0
 
     # Rerunning a finished job sends nothing.
@@ -140,8 +169,9 @@ async def test_sharded_job_interrupted_and_resumed(tmp_path: Path, server) -> No
     assert len(read_jsonl(out)) == 26
 
 
-async def test_kill_mid_poll_and_mid_collection(tmp_path: Path, server,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_kill_mid_poll_and_mid_collection(
+    tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     srv = server(batch_seconds=0.3)
     inp = write_jsonl(tmp_path / "in.jsonl", mixed_rows())
     out = tmp_path / "out.jsonl"
@@ -196,9 +226,9 @@ async def test_kill_mid_poll_and_mid_collection(tmp_path: Path, server,
 
 
 @pytest.mark.parametrize("sent", [False, True], ids=["before-create", "create-answer-lost"])
-async def test_kill_between_upload_and_create(tmp_path: Path, server,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              sent: bool) -> None:
+async def test_kill_between_upload_and_create(
+    tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch, sent: bool
+) -> None:
     srv = server(batch_seconds=0.2)
     rows = [{"id": f"q{i}", "input": f"prompt {i}"} for i in range(25)]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -246,8 +276,12 @@ async def test_openai_batch_output_format(tmp_path: Path, server) -> None:
     rows: list[dict[str, Any] | str] = [
         {"id": "ok", "input": "hello"},
         {"id": "bad400", "input": "refused [[mock:400]]"},
-        {"custom_id": "emb", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-3-small", "input": "vector please"}},
+        {
+            "custom_id": "emb",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "vector please"},
+        },
         "not json",
     ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -289,10 +323,12 @@ def test_to_openai_batch_line_shapes() -> None:
     assert line["custom_id"] == "a" and line["error"] is None
     assert line["response"] == {"status_code": 200, "request_id": "req_1", "body": body}
     assert line["id"] == to_openai_batch_line(done, body, 200, "req_1")["id"]  # stable
-    assert to_openai_batch_line(done, body, 200, None, line_id="batch_req_x")["id"] == \
-        "batch_req_x"
-    timeout = {"request_id": "b", "status": "failed",
-               "error": {"type": "timeout", "message": "no answer within 60s"}}
+    assert to_openai_batch_line(done, body, 200, None, line_id="batch_req_x")["id"] == "batch_req_x"
+    timeout = {
+        "request_id": "b",
+        "status": "failed",
+        "error": {"type": "timeout", "message": "no answer within 60s"},
+    }
     line = to_openai_batch_line(timeout, None, 0, None)
     assert line["response"] is None
     assert line["error"] == {"code": "timeout", "message": "no answer within 60s"}
@@ -304,9 +340,16 @@ def test_to_openai_batch_line_shapes() -> None:
 
 async def test_cost_at_batch_prices_and_latency(tmp_path: Path, server) -> None:
     srv = server(batch_seconds=0.2)
-    rows = [{"id": "c1", "input": "price me please", "model": "gpt-4o-mini"},
-            {"id": "e1", "endpoint": "embeddings", "input": ["a", "b"],
-             "model": "text-embedding-3-small", "metadata": {"k": 1}}]
+    rows = [
+        {"id": "c1", "input": "price me please", "model": "gpt-4o-mini"},
+        {
+            "id": "e1",
+            "endpoint": "embeddings",
+            "input": ["a", "b"],
+            "model": "text-embedding-3-small",
+            "metadata": {"k": 1},
+        },
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     outcome, tally, _ = await run(cfg_for(srv, inp, out))
@@ -330,8 +373,10 @@ async def test_cost_at_batch_prices_and_latency(tmp_path: Path, server) -> None:
 
 async def test_rounds_run_out_then_failed_record(tmp_path: Path, server) -> None:
     srv = server(batch_seconds=0.1)
-    rows = [{"id": "never", "input": "always late [[mock:expire]]"},
-            {"id": "fine", "input": "on time"}]
+    rows = [
+        {"id": "never", "input": "always late [[mock:expire]]"},
+        {"id": "fine", "input": "on time"},
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     outcome, tally, _ = await run(cfg_for(srv, inp, out, max_retries=1))
@@ -357,14 +402,14 @@ async def test_enqueued_token_limit_splits_and_waits(tmp_path: Path, server) -> 
     # No round was spent on refusals: with max_retries=0 everything still completed.
     assert all(r["status"] == "completed" and r["attempts"] == 1 for r in by_id.values())
     assert any("enqueued-token limit" in w for w in warnings)
-    assert srv.stats()["completed_by_prompt"] == {f"token limited prompt {i:02d}": 1
-                                                  for i in range(12)}
+    assert srv.stats()["completed_by_prompt"] == {
+        f"token limited prompt {i:02d}": 1 for i in range(12)
+    }
 
 
 async def test_request_stop_then_restart_cancels(tmp_path: Path, server) -> None:
     srv = server(batch_seconds=30)  # still running when we stop
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "input": f"x{i}"}
-                                               for i in range(5)])
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "input": f"x{i}"} for i in range(5)])
     out = tmp_path / "out.jsonl"
     cfg = cfg_for(srv, inp, out)
     runs: list[BatchRun] = []
@@ -404,9 +449,12 @@ async def test_usage_errors(tmp_path: Path, server) -> None:
 
     srv = server()
     inp = write_jsonl(tmp_path / "in.jsonl", [{"input": "x"}])
-    for bad, msg in [({"output": "-"}, "OUTPUT"), ({"input": "-"}, "stdin"),
-                     ({"batch_size": 50_001}, "--batch-size"),
-                     ({"output_format": "csv"}, "--output-format")]:
+    for bad, msg in [
+        ({"output": "-"}, "OUTPUT"),
+        ({"input": "-"}, "stdin"),
+        ({"batch_size": 50_001}, "--batch-size"),
+        ({"output_format": "csv"}, "--output-format"),
+    ]:
         cfg = cfg_for(srv, inp, tmp_path / "o.jsonl")
         cfg = dataclasses.replace(cfg, **bad)
         with pytest.raises(UsageError, match=msg):
@@ -421,8 +469,12 @@ def batch_file(rows: list[dict[str, Any]]) -> bytes:
 
 
 def chat_line(cid: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": text}]}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}]},
+    }
 
 
 async def test_mock_batch_lifecycle_and_validation(server) -> None:
@@ -430,12 +482,21 @@ async def test_mock_batch_lifecycle_and_validation(server) -> None:
 
     srv = server(batch_seconds=0.3)
     async with AsyncOpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as client:
-        f = await client.files.create(file=("in.jsonl", batch_file(
-            [chat_line("a", "one"), chat_line("b", "two [[mock:502]]")])), purpose="batch")
+        f = await client.files.create(
+            file=(
+                "in.jsonl",
+                batch_file([chat_line("a", "one"), chat_line("b", "two [[mock:502]]")]),
+            ),
+            purpose="batch",
+        )
         assert f.purpose == "batch" and f.bytes > 0
         assert (await client.files.retrieve(f.id)).filename == "in.jsonl"
-        b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                        completion_window="24h", metadata={"k": "v"})
+        b = await client.batches.create(
+            input_file_id=f.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"k": "v"},
+        )
         assert b.status == "validating" and b.metadata == {"k": "v"}
         seen = {b.status}
         while b.status not in ("completed", "failed", "expired", "cancelled"):
@@ -444,35 +505,51 @@ async def test_mock_batch_lifecycle_and_validation(server) -> None:
             seen.add(b.status)
         assert {"in_progress", "finalizing", "completed"} <= seen
         assert b.request_counts is not None
-        assert (b.request_counts.total, b.request_counts.completed,
-                b.request_counts.failed) == (2, 1, 1)
+        assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (
+            2,
+            1,
+            1,
+        )
         assert b.completed_at is not None and b.completed_at >= b.created_at
         assert b.output_file_id and b.error_file_id
-        out = [orjson.loads(x) for x in
-               (await client.files.content(b.output_file_id)).content.splitlines()]
+        out = [
+            orjson.loads(x)
+            for x in (await client.files.content(b.output_file_id)).content.splitlines()
+        ]
         assert out[0]["custom_id"] == "a" and out[0]["response"]["status_code"] == 200
-        err = [orjson.loads(x) for x in
-               (await client.files.content(b.error_file_id)).content.splitlines()]
+        err = [
+            orjson.loads(x)
+            for x in (await client.files.content(b.error_file_id)).content.splitlines()
+        ]
         assert err[0]["custom_id"] == "b" and err[0]["response"]["status_code"] == 502
 
         # One model per file, unique custom ids: otherwise the batch fails validation.
-        mixed = await client.files.create(file=("m.jsonl", batch_file(
-            [chat_line("a", "x"), chat_line("a", "y"), chat_line("c", "z", "gpt-4o")])),
-            purpose="batch")
-        b2 = await client.batches.create(input_file_id=mixed.id,
-                                         endpoint="/v1/chat/completions",
-                                         completion_window="24h")
+        mixed = await client.files.create(
+            file=(
+                "m.jsonl",
+                batch_file(
+                    [chat_line("a", "x"), chat_line("a", "y"), chat_line("c", "z", "gpt-4o")]
+                ),
+            ),
+            purpose="batch",
+        )
+        b2 = await client.batches.create(
+            input_file_id=mixed.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         await asyncio.sleep(0.05)
         b2 = await client.batches.retrieve(b2.id)
         assert b2.status == "failed" and b2.errors is not None and b2.errors.data
         assert [(e.code, e.line) for e in b2.errors.data] == [
-            ("duplicate_custom_id", 2), ("mismatched_model", 3)]
+            ("duplicate_custom_id", 2),
+            ("mismatched_model", 3),
+        ]
 
         # List (newest first, paginated with `after`), cancel, and the 4xx answers.
         ids = [x.id async for x in client.batches.list(limit=1)]
         assert ids == [b2.id, b.id]
-        b3 = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                         completion_window="24h")
+        b3 = await client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         assert (await client.batches.cancel(b3.id)).status == "cancelled"
         with pytest.raises(openai.BadRequestError):
             await client.batches.cancel(b3.id)
@@ -481,8 +558,9 @@ async def test_mock_batch_lifecycle_and_validation(server) -> None:
         with pytest.raises(openai.NotFoundError):
             await client.files.content("file-nope")
         with pytest.raises(openai.BadRequestError):
-            await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                        completion_window="48h")  # type: ignore[arg-type]
+            await client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="48h"
+            )  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError):
             await client.files.create(file=("in.txt", b"x"), purpose="batch")
     stats = srv.stats()
@@ -521,8 +599,10 @@ async def test_retry_failed_replaces_failed_records(tmp_path: Path, server) -> N
     out = tmp_path / "out.jsonl"
     cfg = cfg_for(srv, inp, out)
     outcome, tally, _ = await run(cfg)
-    assert tally.failed == 1 and check_exactly_once(out, {"ok", "flaky"})["flaky"]["status"] \
-        == "failed"
+    assert (
+        tally.failed == 1
+        and check_exactly_once(out, {"ok", "flaky"})["flaky"]["status"] == "failed"
+    )
     outcome, tally, _ = await run(dataclasses.replace(cfg, retry_failed=True))
     assert outcome.reason == "done" and tally.completed == 1 and tally.skipped == 1
     by_id = check_exactly_once(out, {"ok", "flaky"})

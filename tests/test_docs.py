@@ -37,8 +37,10 @@ def help_text(path: list[str]) -> str:
 
 
 def generate() -> str:
-    parts = ["# Command reference\n",
-             "Generated from `--help` by tests/test_docs.py; do not edit by hand.\n"]
+    parts = [
+        "# Command reference\n",
+        "Generated from `--help` by tests/test_docs.py; do not edit by hand.\n",
+    ]
     for path in commands():
         parts.append(f"## burstq {' '.join(path)}\n\n```\n{help_text(path).rstrip()}\n```\n")
     return "\n".join(parts)

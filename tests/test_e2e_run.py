@@ -20,12 +20,25 @@ def prompts(n: int, prefix: str = "q") -> list[dict[str, object]]:
 def test_every_line_gets_its_own_record(tmp_path: Path, server) -> None:
     srv = server(latency=0.01, latency_jitter=0.02, seed=1)
     rows = prompts(60) + [
-        {"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "batch line"}]}},
-        {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-3-small", "input": "embed me"}},
-        {"id": "e2", "endpoint": "embeddings", "model": "text-embedding-3-small",
-         "input": ["a", "b"], "metadata": {"k": 1}},
+        {
+            "custom_id": "b1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "batch line"}]},
+        },
+        {
+            "custom_id": "e1",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "embed me"},
+        },
+        {
+            "id": "e2",
+            "endpoint": "embeddings",
+            "model": "text-embedding-3-small",
+            "input": ["a", "b"],
+            "metadata": {"k": 1},
+        },
     ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
@@ -51,9 +64,22 @@ def test_every_line_gets_its_own_record(tmp_path: Path, server) -> None:
     assert by_id["b1"]["output"] == "echo: batch line" and by_id["b1"]["model"] == "gpt-4o"
     assert len(by_id["e1"]["embedding"]) == 8 and by_id["e1"]["output"] is None
     assert len(by_id["e2"]["embedding"]) == 2 and by_id["e2"]["metadata"] == {"k": 1}
-    assert set(recs[0]) >= {"request_id", "line", "status", "output", "model", "model_used",
-                            "latency_ms", "attempts", "usage", "tokens_used", "cost_usd",
-                            "error", "metadata", "finished_at"}
+    assert set(recs[0]) >= {
+        "request_id",
+        "line",
+        "status",
+        "output",
+        "model",
+        "model_used",
+        "latency_ms",
+        "attempts",
+        "usage",
+        "tokens_used",
+        "cost_usd",
+        "error",
+        "metadata",
+        "finished_at",
+    }
     # The key never reaches output or the sidecar.
     assert TEST_KEY not in out.read_text()
     assert TEST_KEY not in (tmp_path / "out.jsonl.burstq.json").read_text()
@@ -88,8 +114,10 @@ def test_rpm_ceiling_spread_evenly_no_429(tmp_path: Path, server) -> None:
 
 def test_priority_orders_dispatch_across_the_whole_file(tmp_path: Path, server) -> None:
     srv = server()
-    rows = [{"id": f"p{i}", "input": f"x{i}", "priority": p}
-            for i, p in enumerate([5, 1, 5, 7, 10, 3, 5, 10, 1, 7])]
+    rows = [
+        {"id": f"p{i}", "input": f"x{i}", "priority": p}
+        for i, p in enumerate([5, 1, 5, 7, 10, 3, 5, 10, 1, 7])
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out, "--concurrency", "1"))
@@ -119,8 +147,14 @@ def test_bad_lines_become_failed_records_and_the_run_goes_on(tmp_path: Path, ser
     recs = {r["line"]: r for r in read_jsonl(out)}
     assert sorted(recs) == [1, 2, 3, 4, 5, 6, 7, 9]
     assert recs[1]["status"] == recs[9]["status"] == "completed"
-    expect = {2: "invalid JSON", 3: "missing prompt", 4: "params.temperature",
-              5: "priority", 6: "url", 7: "duplicate id"}
+    expect = {
+        2: "invalid JSON",
+        3: "missing prompt",
+        4: "params.temperature",
+        5: "priority",
+        6: "url",
+        7: "duplicate id",
+    }
     for line, needle in expect.items():
         rec = recs[line]
         assert rec["status"] == "failed" and rec["attempts"] == 0
@@ -156,8 +190,10 @@ def test_missing_input_and_bad_options_exit_2_before_sending(tmp_path: Path, ser
 def test_stdin_to_stdout(tmp_path: Path, server) -> None:
     srv = server()
     data = b"".join(orjson.dumps(r) + b"\n" for r in prompts(5))
-    res = run_cli(["run", "-", "-o", "-", "--base-url", srv.base_url, "--api-key", TEST_KEY,
-                   "--quiet"], input=data)
+    res = run_cli(
+        ["run", "-", "-o", "-", "--base-url", srv.base_url, "--api-key", TEST_KEY, "--quiet"],
+        input=data,
+    )
     assert res.exit_code == 0
     recs = [orjson.loads(x) for x in res.stdout.splitlines() if x.strip()]
     assert sorted(r["request_id"] for r in recs) == sorted(f"q{i}" for i in range(5))
@@ -167,8 +203,12 @@ def test_options_from_environment(tmp_path: Path, server) -> None:
     srv = server()
     inp = write_jsonl(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"
-    env = {"OPENAI_BASE_URL": srv.base_url, "OPENAI_API_KEY": TEST_KEY,
-           "BURSTQ_MODEL": "my-model", "BURSTQ_PROGRESS": "quiet"}
+    env = {
+        "OPENAI_BASE_URL": srv.base_url,
+        "OPENAI_API_KEY": TEST_KEY,
+        "BURSTQ_MODEL": "my-model",
+        "BURSTQ_PROGRESS": "quiet",
+    }
     res = run_cli(["run", str(inp), "-o", str(out)], env=env)
     assert res.exit_code == 0
     assert {r["model"] for r in read_jsonl(out)} == {"my-model"}
@@ -177,8 +217,19 @@ def test_options_from_environment(tmp_path: Path, server) -> None:
 def test_simulate_needs_no_key(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     sample = Path(__file__).parent.parent / "samples" / "quickstart.jsonl"
-    res = run_cli(["run", str(sample), "-o", str(out), "--simulate", "--progress", "plain",
-                   "--backoff-base", "0.01"])
+    res = run_cli(
+        [
+            "run",
+            str(sample),
+            "-o",
+            str(out),
+            "--simulate",
+            "--progress",
+            "plain",
+            "--backoff-base",
+            "0.01",
+        ]
+    )
     assert res.exit_code in (0, 1)
     n = sum(1 for line in sample.read_text().splitlines() if line.strip())
     recs = read_jsonl(out)
@@ -203,9 +254,13 @@ def test_plain_status_lines_when_not_a_tty(tmp_path: Path, server) -> None:
 
 def test_too_large_for_tpm_fails_without_sending(tmp_path: Path, server) -> None:
     srv = server()
-    inp = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "big", "input": "x" * 4000, "params": {"max_tokens": 500}},
-        {"id": "small", "input": "ok", "params": {"max_tokens": 5}}])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "big", "input": "x" * 4000, "params": {"max_tokens": 500}},
+            {"id": "small", "input": "ok", "params": {"max_tokens": 5}},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out, "--tpm", "1000"))
     assert res.exit_code == 1

@@ -18,8 +18,7 @@ def test_via_batch_through_the_cli(tmp_path: Path, server) -> None:
     rows.append({"id": "exp", "input": "[[mock:expire*1]] late"})
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    args = run_args(srv, inp, out, "--via", "batch", "--batch-size", "3",
-                    "--batch-poll", "0.05")
+    args = run_args(srv, inp, out, "--via", "batch", "--batch-size", "3", "--batch-poll", "0.05")
     res = run_cli(args)
     assert res.exit_code == 0, res.output
     recs = {r["request_id"]: r for r in read_jsonl(out)}
@@ -61,11 +60,11 @@ def test_openai_batch_output_format_direct_mode_and_resume(tmp_path: Path, serve
 
 def test_batch_status_and_cancel(tmp_path: Path, server) -> None:
     srv = server(batch_seconds=0.3)
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "input": f"x{i}"}
-                                              for i in range(4)])
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"s{i}", "input": f"x{i}"} for i in range(4)])
     out = tmp_path / "out.jsonl"
-    res = run_cli(run_args(srv, inp, out, "--via", "batch", "--batch-size", "2",
-                           "--batch-poll", "0.05"))
+    res = run_cli(
+        run_args(srv, inp, out, "--via", "batch", "--batch-size", "2", "--batch-poll", "0.05")
+    )
     assert res.exit_code == 0
     res = run_cli(["batch", "status", str(out), "--json"])
     assert res.exit_code == 0

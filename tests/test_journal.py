@@ -11,14 +11,22 @@ import pytest
 from burstcli.errors import InputError, ResumeMismatch
 from burstcli.journal import Journal, iter_records, open_for_resume, sidecar_path
 
-FP: dict[str, Any] = {"input": "in.jsonl", "input_sha256": "a" * 64,
-                      "shaping": {"model": "gpt-4o-mini"}}
+FP: dict[str, Any] = {
+    "input": "in.jsonl",
+    "input_sha256": "a" * 64,
+    "shaping": {"model": "gpt-4o-mini"},
+}
 
 
 def rec(line: int, status: str = "completed", **extra: Any) -> dict[str, Any]:
-    return {"request_id": f"r{line}", "line": line, "status": status,
-            "output": "ok" if status == "completed" else None,
-            "error": None if status == "completed" else {"type": "server_error"}, **extra}
+    return {
+        "request_id": f"r{line}",
+        "line": line,
+        "status": status,
+        "output": "ok" if status == "completed" else None,
+        "error": None if status == "completed" else {"type": "server_error"},
+        **extra,
+    }
 
 
 def write(path: Path, *records: dict[str, Any], tail: bytes = b"") -> None:
@@ -34,6 +42,7 @@ def done_lines(state: Any, upto: int = 50) -> list[int]:
 
 
 # -- writer --------------------------------------------------------------------------------
+
 
 def test_journal_appends_whole_lines_and_counts(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
@@ -63,6 +72,7 @@ def test_iter_records_skips_a_torn_tail(tmp_path: Path) -> None:
 
 
 # -- resume scan ---------------------------------------------------------------------------
+
 
 def test_fresh_output_writes_the_sidecar(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
@@ -140,8 +150,7 @@ def test_blank_lines_in_output_are_ignored(tmp_path: Path) -> None:
 
 def test_foreign_lines_are_refused_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    out.write_bytes(orjson.dumps(rec(1)) + b'\n{"hello": "world"}\n' + orjson.dumps(rec(3))
-                    + b"\n")
+    out.write_bytes(orjson.dumps(rec(1)) + b'\n{"hello": "world"}\n' + orjson.dumps(rec(3)) + b"\n")
     before = out.read_bytes()
     with pytest.raises(InputError) as info:
         open_for_resume(out, FP)
@@ -151,6 +160,7 @@ def test_foreign_lines_are_refused_not_overwritten(tmp_path: Path) -> None:
 
 
 # -- --retry-failed ------------------------------------------------------------------------
+
 
 def test_retry_failed_drops_failed_records_atomically(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
@@ -185,6 +195,7 @@ def test_retry_failed_also_repairs_a_torn_tail(tmp_path: Path) -> None:
 
 # -- fingerprints and --restart ------------------------------------------------------------
 
+
 def test_same_job_resumes(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     open_for_resume(out, FP)
@@ -201,7 +212,8 @@ def test_other_input_is_refused(tmp_path: Path) -> None:
         open_for_resume(out, other)
     assert str(info.value) == (
         f"{out} was written from a different input (in.jsonl, since changed or replaced). "
-        "Use --restart to start over, or another -o OUTPUT.")
+        "Use --restart to start over, or another -o OUTPUT."
+    )
     assert info.value.exit_code == 2
     assert lines_of(out) == [rec(1)]
     assert orjson.loads(sidecar_path(out).read_bytes())["input_sha256"] == "a" * 64
@@ -216,7 +228,8 @@ def test_other_shaping_is_refused_naming_the_change(tmp_path: Path) -> None:
         open_for_resume(out, other)
     assert str(info.value) == (
         f"{out} was written with other request options (model: 'gpt-4o-mini' -> 'gpt-4o'). "
-        "Rerun with the original options to resume, or use --restart to start over.")
+        "Rerun with the original options to resume, or use --restart to start over."
+    )
 
 
 def test_restart_wipes_output_and_sidecar(tmp_path: Path) -> None:

@@ -81,17 +81,21 @@ def windows(times: list[float], width: float = 1.0) -> int:
 
 # -- parse_duration and retry_after --------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("6m0s", 360.0),
-    ("120ms", 0.12),
-    ("1.5s", 1.5),
-    ("1h2m3s", 3723.0),
-    ("1m30.5s", 90.5),
-    ("0s", 0.0),
-    ("2", 2.0),
-    ("0.25", 0.25),
-    (" 7s ", 7.0),
-])
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("120ms", 0.12),
+        ("1.5s", 1.5),
+        ("1h2m3s", 3723.0),
+        ("1m30.5s", 90.5),
+        ("0s", 0.0),
+        ("2", 2.0),
+        ("0.25", 0.25),
+        (" 7s ", 7.0),
+    ],
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds, abs=1e-12)
 
@@ -126,6 +130,7 @@ def test_retry_after_http_date() -> None:
 
 
 # -- Pacer ---------------------------------------------------------------------------------
+
 
 def test_pacer_spreads_reservations_evenly_at_the_rate() -> None:
     clock = VirtualTime()
@@ -217,6 +222,7 @@ def test_pacer_hold_until_starts_afresh_after_a_pause() -> None:
 
 # -- Gate ----------------------------------------------------------------------------------
 
+
 async def test_gate_bounds_and_release_wakes_one() -> None:
     gate = Gate(2)
     await gate.acquire()
@@ -295,6 +301,7 @@ async def test_gate_cancelled_after_wakeup_passes_the_slot_on() -> None:
 
 # -- Limits: slow start --------------------------------------------------------------------
 
+
 def make_limits(vt: VirtualTime, **kw: Any) -> Limits:
     return Limits(clock=vt.time, sleep=vt.sleep, **{"concurrency": 50, **kw})
 
@@ -363,6 +370,7 @@ async def test_slot_waits_for_the_first_answer() -> None:
 
 # -- Limits: pacing ------------------------------------------------------------------------
 
+
 async def test_pace_spreads_concurrent_callers_at_the_rpm() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, rpm=1200, slow_start=False)  # 20 a second
@@ -415,13 +423,21 @@ async def test_real_usage_below_the_estimate_gives_no_credit() -> None:
 
 # -- Limits: learning from headers ---------------------------------------------------------
 
+
 def test_learns_rpm_from_headers_and_settles_under_it() -> None:
     vt = VirtualTime()
     assert 0.9 <= HEADER_MARGIN < 1.0  # just under the ceiling the headers reveal
     lim = make_limits(vt)
     assert lim.requests.rate is None
-    lim.on_success({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599",
-                    "x-ratelimit-reset-requests": "100ms"}, 10, 10)
+    lim.on_success(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "599",
+            "x-ratelimit-reset-requests": "100ms",
+        },
+        10,
+        10,
+    )
     assert lim.rpm_ceiling == 600
     assert lim.requests.rate == pytest.approx(600 / 60 * HEADER_MARGIN)
     assert lim.snapshot().rpm == pytest.approx(600 * HEADER_MARGIN)
@@ -459,13 +475,21 @@ def test_junk_or_zero_limit_headers_are_ignored() -> None:
 async def test_exhausted_remaining_holds_until_the_reset() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, slow_start=False)
-    lim.on_success({"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "0",
-                    "x-ratelimit-reset-requests": "1.5s"}, 1, 1)
+    lim.on_success(
+        {
+            "x-ratelimit-limit-requests": "6000",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1.5s",
+        },
+        1,
+        1,
+    )
     await vt.run(lim.pace(1))
     assert vt.now == pytest.approx(T0 + 1.5 - BURST_SECONDS)
 
 
 # -- Limits: 429 ---------------------------------------------------------------------------
+
 
 async def test_rate_limited_pauses_everyone_for_retry_after() -> None:
     vt = VirtualTime()

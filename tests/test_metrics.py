@@ -45,22 +45,46 @@ def read(path: Path) -> dict[Key, float]:
     return samples(path.read_text())
 
 
-def result(rid: str, status: str, model: str | None, *, model_used: str | None = None,
-           latency_ms: float | None = None, usage: dict[str, int] | None = None,
-           cost: float | None = None, error: str | None = None, attempts: int = 1) -> Result:
-    return Result(request_id=rid, line=1, status=status,  # type: ignore[arg-type]
-                  model=model, model_used=model_used, latency_ms=latency_ms,
-                  attempts=attempts, usage=usage, cost_usd=cost,
-                  output=PROMPT if status == "completed" else None,
-                  error={"type": error, "message": SECRET, "status_code": 500} if error
-                  else None,
-                  metadata={"prompt": PROMPT, "key": SECRET}, finished_at="2026-11-27T10:00:00Z")
+def result(
+    rid: str,
+    status: str,
+    model: str | None,
+    *,
+    model_used: str | None = None,
+    latency_ms: float | None = None,
+    usage: dict[str, int] | None = None,
+    cost: float | None = None,
+    error: str | None = None,
+    attempts: int = 1,
+) -> Result:
+    return Result(
+        request_id=rid,
+        line=1,
+        status=status,  # type: ignore[arg-type]
+        model=model,
+        model_used=model_used,
+        latency_ms=latency_ms,
+        attempts=attempts,
+        usage=usage,
+        cost_usd=cost,
+        output=PROMPT if status == "completed" else None,
+        error={"type": error, "message": SECRET, "status_code": 500} if error else None,
+        metadata={"prompt": PROMPT, "key": SECRET},
+        finished_at="2026-11-27T10:00:00Z",
+    )
 
 
 def snap(**kw: Any) -> LimitsSnapshot:
-    base: dict[str, Any] = dict(concurrency=8, in_flight=3, rpm=450.0, tpm=None,
-                                rpm_ceiling=500.0, tpm_ceiling=None, rate_limited=2,
-                                paused_for=0.0)
+    base: dict[str, Any] = dict(
+        concurrency=8,
+        in_flight=3,
+        rpm=450.0,
+        tpm=None,
+        rpm_ceiling=500.0,
+        tpm_ceiling=None,
+        rate_limited=2,
+        paused_for=0.0,
+    )
     base.update(kw)
     return LimitsSnapshot(**base)
 
@@ -68,21 +92,52 @@ def snap(**kw: Any) -> LimitsSnapshot:
 @pytest.fixture
 def metrics() -> Metrics:
     m = Metrics()
-    m.observe(result("a", "completed", "gpt-4o-mini", model_used="gpt-4o-mini",
-                     latency_ms=400.0, usage={"prompt_tokens": 10, "completion_tokens": 5,
-                                              "total_tokens": 15}, cost=0.001))
-    m.observe(result("b", "completed", "gpt-4o-mini", model_used="gpt-4o-mini",
-                     latency_ms=3000.0, usage={"prompt_tokens": 20, "completion_tokens": 7,
-                                               "total_tokens": 27}, cost=0.002))
+    m.observe(
+        result(
+            "a",
+            "completed",
+            "gpt-4o-mini",
+            model_used="gpt-4o-mini",
+            latency_ms=400.0,
+            usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            cost=0.001,
+        )
+    )
+    m.observe(
+        result(
+            "b",
+            "completed",
+            "gpt-4o-mini",
+            model_used="gpt-4o-mini",
+            latency_ms=3000.0,
+            usage={"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27},
+            cost=0.002,
+        )
+    )
     # A fallback answered by gpt-4o: it counts under the model that answered.
-    m.observe(result("c", "completed", "gpt-4o-mini", model_used="gpt-4o",
-                     latency_ms=150_000.0, usage={"prompt_tokens": 100, "completion_tokens": 1,
-                                                  "total_tokens": 101}, cost=0.05))
-    m.observe(result("d", "completed", "llama-local", model_used="llama-local",
-                     latency_ms=90.0, usage={"prompt_tokens": 3, "completion_tokens": 4,
-                                             "total_tokens": 7}, cost=None))
-    m.observe(result("e", "failed", "gpt-4o", latency_ms=60_000.0, error="timeout",
-                     attempts=6))
+    m.observe(
+        result(
+            "c",
+            "completed",
+            "gpt-4o-mini",
+            model_used="gpt-4o",
+            latency_ms=150_000.0,
+            usage={"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
+            cost=0.05,
+        )
+    )
+    m.observe(
+        result(
+            "d",
+            "completed",
+            "llama-local",
+            model_used="llama-local",
+            latency_ms=90.0,
+            usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            cost=None,
+        )
+    )
+    m.observe(result("e", "failed", "gpt-4o", latency_ms=60_000.0, error="timeout", attempts=6))
     m.observe(result("f", "failed", None, error="invalid_request", attempts=0))
     return m
 
@@ -123,15 +178,26 @@ def test_duration_histogram(metrics: Metrics, tmp_path: Path) -> None:
     assert val(got, name + "_bucket", model="gpt-4o", le="120.0") == 0
     assert val(got, name + "_bucket", model="gpt-4o", le="+Inf") == 1
     assert ("ai_request_duration_seconds_count", frozenset({("model", "unknown")})) not in got
-    bounds = sorted(float(dict(k[1])["le"]) for k in got
-                    if k[0] == name + "_bucket" and dict(k[1])["model"] == "gpt-4o")
+    bounds = sorted(
+        float(dict(k[1])["le"])
+        for k in got
+        if k[0] == name + "_bucket" and dict(k[1])["model"] == "gpt-4o"
+    )
     assert bounds[0] == 0.1 and bounds[-2] == 120.0 and math.isinf(bounds[-1])
 
 
 def test_update_gauges_and_run_counters(metrics: Metrics, tmp_path: Path) -> None:
     path = tmp_path / "burstq.prom"
-    tally = Tally(total=100, skipped=10, completed=20, failed=5, in_flight=3, retries=4,
-                  rate_limited=2, unanswered=1)
+    tally = Tally(
+        total=100,
+        skipped=10,
+        completed=20,
+        failed=5,
+        in_flight=3,
+        retries=4,
+        rate_limited=2,
+        unanswered=1,
+    )
     metrics.update(tally, snap())
     metrics.write(path)
     got = read(path)
@@ -174,8 +240,12 @@ def test_unknown_before_first_update_and_from_stdin(tmp_path: Path) -> None:
 
 def test_private_registry(metrics: Metrics) -> None:
     Metrics()  # a second instance must not collide with the first
-    assert prometheus_client.REGISTRY.get_sample_value(
-        "ai_requests_total", {"model": "gpt-4o-mini", "status": "completed"}) is None
+    assert (
+        prometheus_client.REGISTRY.get_sample_value(
+            "ai_requests_total", {"model": "gpt-4o-mini", "status": "completed"}
+        )
+        is None
+    )
     text = metrics.text().decode()
     assert "process_cpu_seconds_total" not in text  # the default collectors stay out
 
@@ -184,8 +254,12 @@ def test_no_key_prompt_or_output_in_metrics(metrics: Metrics) -> None:
     text = metrics.text().decode()
     for leak in (SECRET, PROMPT, "request_id"):
         assert leak not in text
-    labels = {name for family in text_string_to_metric_families(text)
-              for s in family.samples for name in s.labels}
+    labels = {
+        name
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        for name in s.labels
+    }
     assert labels <= {"model", "status", "kind", "type", "le"}
 
 
@@ -207,8 +281,8 @@ def test_failed_write_leaves_no_temp_file(metrics: Metrics, tmp_path: Path) -> N
 
 # -- periodic writer ------------------------------------------------------------------------
 
-async def test_run_periodic_rewrites_until_cancelled_then_writes_once_more(
-        tmp_path: Path) -> None:
+
+async def test_run_periodic_rewrites_until_cancelled_then_writes_once_more(tmp_path: Path) -> None:
     m = Metrics()
     path = tmp_path / "burstq.prom"
     tally = Tally(total=10, in_flight=2)
@@ -236,8 +310,9 @@ async def test_run_periodic_reports_write_errors_and_keeps_going(tmp_path: Path)
     m = Metrics()
     path = tmp_path / "missing-dir" / "burstq.prom"
     warnings: list[str] = []
-    task = asyncio.create_task(m.run_periodic(path, Tally(), snap, interval=0,
-                                              warn=warnings.append))
+    task = asyncio.create_task(
+        m.run_periodic(path, Tally(), snap, interval=0, warn=warnings.append)
+    )
     for _ in range(3):
         await asyncio.sleep(0)
     assert not task.done()
@@ -248,6 +323,7 @@ async def test_run_periodic_reports_write_errors_and_keeps_going(tmp_path: Path)
 
 
 # -- pushgateway ----------------------------------------------------------------------------
+
 
 class Gateway:
     """A Pushgateway stand-in on loopback that records what it is sent."""

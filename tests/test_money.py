@@ -16,8 +16,14 @@ MINI_IN, MINI_OUT = 0.15e-6, 0.60e-6
 
 
 def _rows(n: int, max_tokens: int = 16) -> list[dict[str, object]]:
-    return [{"id": f"r{i}", "input": f"price check number {i:04d}",
-             "params": {"max_tokens": max_tokens}} for i in range(n)]
+    return [
+        {
+            "id": f"r{i}",
+            "input": f"price check number {i:04d}",
+            "params": {"max_tokens": max_tokens},
+        }
+        for i in range(n)
+    ]
 
 
 def test_record_cost_matches_hand_computed_price(tmp_path: Path, server) -> None:
@@ -33,8 +39,10 @@ def test_record_cost_matches_hand_computed_price(tmp_path: Path, server) -> None
 
 def test_unknown_model_cost_is_null_not_zero(tmp_path: Path, server) -> None:
     srv = server()
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"input": "a", "model": "my-private-llama"},
-                                              {"input": "b", "model": "my-private-llama"}])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"input": "a", "model": "my-private-llama"}, {"input": "b", "model": "my-private-llama"}],
+    )
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out)[:-2] + ["--progress", "plain"])
     assert res.exit_code == 0
@@ -51,16 +59,16 @@ def test_prices_file_prices_a_private_model(tmp_path: Path, server) -> None:
     assert run_cli(run_args(srv, inp, out, "--prices", str(prices))).exit_code == 0
     rec = read_jsonl(out)[0]
     u = rec["usage"]
-    assert rec["cost_usd"] == pytest.approx(u["prompt_tokens"] * 1e-6
-                                            + u["completion_tokens"] * 2e-6)
+    assert rec["cost_usd"] == pytest.approx(
+        u["prompt_tokens"] * 1e-6 + u["completion_tokens"] * 2e-6
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text('[models."x"]\ninput_per_mtok = "cheap"\noutput_per_mtok = 1\n')
     res = run_cli(run_args(srv, inp, tmp_path / "o2.jsonl", "--prices", str(bad)))
     assert res.exit_code == 2 and "input_per_mtok" in res.output
 
 
-def test_budget_cap_is_never_crossed_and_a_higher_cap_continues(tmp_path: Path,
-                                                                 server) -> None:
+def test_budget_cap_is_never_crossed_and_a_higher_cap_continues(tmp_path: Path, server) -> None:
     srv = server(latency=0.01)
     inp = write_jsonl(tmp_path / "in.jsonl", _rows(100))
     out = tmp_path / "out.jsonl"
@@ -85,13 +93,30 @@ def test_budget_cap_is_never_crossed_and_a_higher_cap_continues(tmp_path: Path,
 
 
 def test_estimate_json_figures(tmp_path: Path) -> None:
-    rows = [{"id": "a", "input": "x" * 40, "params": {"max_tokens": 100}},
-            {"id": "b", "input": "y" * 80, "params": {"max_tokens": 10}},
-            {"id": "c", "input": "z" * 8, "model": "gpt-4o"},
-            "not json"]
+    rows = [
+        {"id": "a", "input": "x" * 40, "params": {"max_tokens": 100}},
+        {"id": "b", "input": "y" * 80, "params": {"max_tokens": 10}},
+        {"id": "c", "input": "z" * 8, "model": "gpt-4o"},
+        "not json",
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
-    res = run_cli(["estimate", str(inp), "--json", "--rpm", "60", "--tpm", "600",
-                   "--concurrency", "2", "--latency", "1", "--budget-max-tokens", "1000"])
+    res = run_cli(
+        [
+            "estimate",
+            str(inp),
+            "--json",
+            "--rpm",
+            "60",
+            "--tpm",
+            "600",
+            "--concurrency",
+            "2",
+            "--latency",
+            "1",
+            "--budget-max-tokens",
+            "1000",
+        ]
+    )
     assert res.exit_code == 0
     est = json.loads(res.stdout)
     assert est["requests"] == 3 and est["invalid"] == 1
@@ -101,7 +126,8 @@ def test_estimate_json_figures(tmp_path: Path) -> None:
     assert mini["completion_tokens_worst"] == 110
     assert mini["completion_tokens_typical"] == 50 + 5
     assert mini["cost_usd_worst"] == pytest.approx(
-        (40 + 4 + 3 + 80 + 4 + 3) * MINI_IN + 110 * MINI_OUT, rel=1e-6)
+        (40 + 4 + 3 + 80 + 4 + 3) * MINI_IN + 110 * MINI_OUT, rel=1e-6
+    )
     gpt4o = next(m for m in est["models"] if m["model"] == "gpt-4o")
     assert gpt4o["completion_tokens_worst"] == 1000  # no max_tokens: the assumption
     # 3 requests at 60 rpm = 3 s; tokens charged up front: (10+1+100)+(20+1+10)+(2+1+0) = 145

@@ -32,12 +32,14 @@ def test_stats_json_and_metrics_file_agree_with_the_records(tmp_path: Path, serv
     assert figures["errors"] == {"bad_request": 1, "invalid_request": 1}
     total_tokens = sum(r["tokens_used"] for r in recs)
     assert figures["tokens"]["total"] == total_tokens
-    assert figures["cost_usd"]["total"] == pytest.approx(
-        sum(r["cost_usd"] or 0 for r in recs))
+    assert figures["cost_usd"]["total"] == pytest.approx(sum(r["cost_usd"] or 0 for r in recs))
 
     families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
-    requests = {(s.labels["model"], s.labels["status"]): s.value
-                for s in families["ai_requests"].samples if s.name == "ai_requests_total"}
+    requests = {
+        (s.labels["model"], s.labels["status"]): s.value
+        for s in families["ai_requests"].samples
+        if s.name == "ai_requests_total"
+    }
     assert requests[("gpt-4o-mini", "completed")] == 12
     assert sum(v for (_, st), v in requests.items() if st == "failed") == 2
     active = [s.value for s in families["ai_active_requests"].samples]

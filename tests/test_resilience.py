@@ -62,8 +62,12 @@ TRANSIENT = {  # prompt -> attempts it needs
     "empty twice [[mock:empty*2]]": 3,
     "rate limited once [[mock:429*1]]": 2,
 }
-UNANSWERED = {"reset once [[mock:reset*1]]": 1, "hang once [[mock:timeout*1]]": 1,
-              "truncated twice [[mock:malformed*2]]": 2, "empty twice [[mock:empty*2]]": 2}
+UNANSWERED = {
+    "reset once [[mock:reset*1]]": 1,
+    "hang once [[mock:timeout*1]]": 1,
+    "truncated twice [[mock:malformed*2]]": 2,
+    "empty twice [[mock:empty*2]]": 2,
+}
 
 
 def test_transient_faults_complete_with_the_right_attempts(tmp_path: Path, server) -> None:
@@ -83,8 +87,16 @@ def test_transient_faults_complete_with_the_right_attempts(tmp_path: Path, serve
         assert r.get("unanswered_attempts", 0) == UNANSWERED.get(prompt, 0), (prompt, r)
         assert stats["attempts_by_prompt"][prompt] == want
         assert stats["completed_by_prompt"][prompt] == 1  # answered, and paid, once
-    assert stats["faults_injected"] == {"500": 2, "502": 1, "503": 1, "reset": 1,
-                                        "timeout": 1, "malformed": 2, "empty": 2, "429": 1}
+    assert stats["faults_injected"] == {
+        "500": 2,
+        "502": 1,
+        "503": 1,
+        "reset": 1,
+        "timeout": 1,
+        "malformed": 2,
+        "empty": 2,
+        "429": 1,
+    }
 
 
 # -- permanent faults: failed records with the right type ----------------------------------
@@ -116,8 +128,11 @@ def test_permanent_faults_become_failed_records(tmp_path: Path, server) -> None:
             continue
         etype, status, attempts = PERMANENT[prompt]
         assert r["status"] == "failed" and r["output"] is None and r["model_used"] is None
-        assert (r["error"]["type"], r["error"]["status_code"], r["attempts"]) == \
-            (etype, status, attempts), (prompt, r)
+        assert (r["error"]["type"], r["error"]["status_code"], r["attempts"]) == (
+            etype,
+            status,
+            attempts,
+        ), (prompt, r)
         assert r["error"]["message"]
         assert stats["attempts_by_prompt"][prompt] == attempts
         assert prompt not in stats["completed_by_prompt"]
@@ -144,8 +159,11 @@ def test_endless_429_ends_as_rate_limited(tmp_path: Path, server) -> None:
     assert res.exit_code == 1
     (r,) = read_jsonl(out)
     # 429s do not spend --max-retries; a per-request cap of 50 retries ends the loop.
-    assert (r["status"], r["error"]["type"], r["error"]["status_code"]) == \
-        ("failed", "rate_limited", 429)
+    assert (r["status"], r["error"]["type"], r["error"]["status_code"]) == (
+        "failed",
+        "rate_limited",
+        429,
+    )
     assert r["attempts"] == 51 == settled(srv)["requests_total"]
 
 
@@ -168,16 +186,22 @@ def test_random_fault_mix_completes_everything_once(tmp_path: Path, server) -> N
 
 # -- fallback models -----------------------------------------------------------------------
 
+
 def test_model_not_found_falls_back_at_once(tmp_path: Path, server) -> None:
     srv = server(models=frozenset({"gpt-4o"}))
     inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"q{i}" for i in range(5)]))
     out = tmp_path / "out.jsonl"
-    res = run_cli(run_args(srv, inp, out, "--fallback-model", "nope-model",
-                           "--fallback-model", "gpt-4o"))
+    res = run_cli(
+        run_args(srv, inp, out, "--fallback-model", "nope-model", "--fallback-model", "gpt-4o")
+    )
     assert res.exit_code == 0, res.output
     for r in by_id(out, 5).values():
-        assert (r["status"], r["model"], r["model_used"], r["attempts"]) == \
-            ("completed", "gpt-4o-mini", "gpt-4o", 3)
+        assert (r["status"], r["model"], r["model_used"], r["attempts"]) == (
+            "completed",
+            "gpt-4o-mini",
+            "gpt-4o",
+            3,
+        )
     assert settled(srv)["by_status"] == {"404": 10, "200": 5}
 
 
@@ -199,8 +223,12 @@ def test_every_model_broken_fails_with_the_last_error(tmp_path: Path, server) ->
     res = run_cli(run_args(srv, inp, out, "--max-retries", "1", "--fallback-model", "gpt-4o"))
     assert res.exit_code == 1
     (r,) = read_jsonl(out)
-    assert (r["status"], r["attempts"], r["model_used"], r["error"]["type"]) == \
-        ("failed", 4, None, "server_error")
+    assert (r["status"], r["attempts"], r["model_used"], r["error"]["type"]) == (
+        "failed",
+        4,
+        None,
+        "server_error",
+    )
 
 
 def test_bad_request_is_not_sent_to_fallbacks(tmp_path: Path, server) -> None:
@@ -216,9 +244,11 @@ def test_bad_request_is_not_sent_to_fallbacks(tmp_path: Path, server) -> None:
 
 # -- fatal: wrong key, no quota ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("extra", [[], ["--rpm", "60000"]])
-def test_wrong_key_stops_the_run_after_a_handful_of_calls(tmp_path: Path, server,
-                                                          extra: list[str]) -> None:
+def test_wrong_key_stops_the_run_after_a_handful_of_calls(
+    tmp_path: Path, server, extra: list[str]
+) -> None:
     srv = server(api_keys=frozenset({"sk-the-right-one-000000000"}))
     inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"q{i}" for i in range(200)]))
     out = tmp_path / "out.jsonl"
@@ -253,10 +283,14 @@ def echo_401() -> Iterator[str]:
 
     async def handler(request: web.Request) -> web.Response:
         box["hits"] = box.get("hits", 0) + 1
-        body = {"error": {"message": f"rejected {request.headers.get('Authorization')}",
-                          "type": "invalid_request_error", "code": "invalid_api_key"}}
-        return web.Response(status=401, body=orjson.dumps(body),
-                            content_type="application/json")
+        body = {
+            "error": {
+                "message": f"rejected {request.headers.get('Authorization')}",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        }
+        return web.Response(status=401, body=orjson.dumps(body), content_type="application/json")
 
     async def main() -> None:
         app = web.Application()
@@ -280,13 +314,26 @@ def echo_401() -> Iterator[str]:
     assert box["hits"] <= 3
 
 
-def test_key_echoed_in_an_auth_error_never_reaches_the_user(tmp_path: Path, echo_401: str
-                                                            ) -> None:
+def test_key_echoed_in_an_auth_error_never_reaches_the_user(tmp_path: Path, echo_401: str) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"q{i}" for i in range(50)]))
     out = tmp_path / "out.jsonl"
     metrics = tmp_path / "metrics.prom"
-    res = run_cli(["run", str(inp), "-o", str(out), "--base-url", echo_401, "--api-key",
-                   TEST_KEY, "--progress", "plain", "--metrics-file", str(metrics)])
+    res = run_cli(
+        [
+            "run",
+            str(inp),
+            "-o",
+            str(out),
+            "--base-url",
+            echo_401,
+            "--api-key",
+            TEST_KEY,
+            "--progress",
+            "plain",
+            "--metrics-file",
+            str(metrics),
+        ]
+    )
     assert res.exit_code == 2
     assert "Error: auth: rejected Bearer [REDACTED]" in res.stderr
     assert TEST_KEY not in res.output
@@ -295,6 +342,7 @@ def test_key_echoed_in_an_auth_error_never_reaches_the_user(tmp_path: Path, echo
 
 
 # -- output validation ---------------------------------------------------------------------
+
 
 def test_outputs_are_stripped_and_capped(tmp_path: Path, server) -> None:
     srv = server()
@@ -311,6 +359,7 @@ def test_outputs_are_stripped_and_capped(tmp_path: Path, server) -> None:
 
 
 # -- --retry-failed ------------------------------------------------------------------------
+
 
 def test_retry_failed_redoes_only_failed_lines(tmp_path: Path, server) -> None:
     srv = server()
@@ -347,6 +396,7 @@ def test_retry_failed_redoes_only_failed_lines(tmp_path: Path, server) -> None:
 
 # -- limits learned, not told --------------------------------------------------------------
 
+
 def test_unknown_rpm_ceiling_is_learned_with_few_429s(tmp_path: Path, server) -> None:
     rpm, n = 3000, 200  # 50 a second, enforced per second; the run is not told
     srv = server(rpm=rpm, latency=0.02)
@@ -361,8 +411,10 @@ def test_unknown_rpm_ceiling_is_learned_with_few_429s(tmp_path: Path, server) ->
     per_second = stats["arrivals_per_second"]
     full = per_second[1:-1]  # whole seconds after the server's initial full bucket
     achieved = sum(full) / len(full) / (rpm / 60)
-    print(f"unknown rpm {rpm}: {limited} x 429 for {n} requests, {achieved:.0%} of the "
-          f"ceiling, arrivals per second {per_second}")
+    print(
+        f"unknown rpm {rpm}: {limited} x 429 for {n} requests, {achieved:.0%} of the "
+        f"ceiling, arrivals per second {per_second}"
+    )
     assert limited <= 5
     assert stats["requests_total"] == n + limited
     assert max(per_second) <= rpm / 60 * 1.1
@@ -370,8 +422,7 @@ def test_unknown_rpm_ceiling_is_learned_with_few_429s(tmp_path: Path, server) ->
     assert sum(r["attempts"] for r in recs.values()) == n + limited
 
 
-def test_user_rpm_above_the_real_ceiling_is_corrected_by_headers(tmp_path: Path,
-                                                                  server) -> None:
+def test_user_rpm_above_the_real_ceiling_is_corrected_by_headers(tmp_path: Path, server) -> None:
     srv = server(rpm=1800, latency=0.01)  # 30 a second; the user claims 100 a second
     n = 80
     inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"over {i}" for i in range(n)]))
@@ -381,8 +432,7 @@ def test_user_rpm_above_the_real_ceiling_is_corrected_by_headers(tmp_path: Path,
     assert all(r["status"] == "completed" for r in by_id(out, n).values())
     stats = settled(srv)
     limited = stats["by_status"].get("429", 0)
-    print(f"told rpm 6000, real 1800: {limited} x 429, per second "
-          f"{stats['arrivals_per_second']}")
+    print(f"told rpm 6000, real 1800: {limited} x 429, per second {stats['arrivals_per_second']}")
     assert limited <= 5
     assert max(stats["arrivals_per_second"]) <= 30 * 1.1
 
@@ -394,8 +444,10 @@ def test_tpm_ceiling_with_max_tokens_earns_few_429s(tmp_path: Path, server, told
     # back sends about twice what the limiter admits.
     tpm, n = 120_000, 100  # 2,000 tokens a second: about 18.7 of these requests
     srv = server(tpm=tpm, latency=0.01)
-    rows = [{"id": f"t{i}", "input": f"token question number {i:04d}",
-             "params": {"max_tokens": 100}} for i in range(n)]
+    rows = [
+        {"id": f"t{i}", "input": f"token question number {i:04d}", "params": {"max_tokens": 100}}
+        for i in range(n)
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     extra = ["--tpm", str(tpm)] if told else []
@@ -404,45 +456,58 @@ def test_tpm_ceiling_with_max_tokens_earns_few_429s(tmp_path: Path, server, told
     assert all(r["status"] == "completed" for r in by_id(out, n).values())
     stats = settled(srv)
     limited = stats["by_status"].get("429", 0)
-    print(f"tpm {tpm} ({'told' if told else 'learned'}): {limited} x 429, arrivals per second "
-          f"{stats['arrivals_per_second']}")
+    print(
+        f"tpm {tpm} ({'told' if told else 'learned'}): {limited} x 429, arrivals per second "
+        f"{stats['arrivals_per_second']}"
+    )
     assert limited <= 3
     assert max(stats["arrivals_per_second"]) <= 2000 / 107 * 1.25
 
 
 def test_request_bigger_than_the_tpm_is_not_sent(tmp_path: Path, server) -> None:
     srv = server()
-    rows = [{"id": "big", "input": "x", "params": {"max_tokens": 5000}},
-            {"id": "ok", "input": "fits", "params": {"max_tokens": 50}}]
+    rows = [
+        {"id": "big", "input": "x", "params": {"max_tokens": 5000}},
+        {"id": "ok", "input": "fits", "params": {"max_tokens": 50}},
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out, "--tpm", "1000"))
     assert res.exit_code == 1
     recs = by_id(out, 2)
-    assert (recs["big"]["status"], recs["big"]["error"]["type"], recs["big"]["attempts"]) == \
-        ("failed", "request_too_large", 0)
+    assert (recs["big"]["status"], recs["big"]["error"]["type"], recs["big"]["attempts"]) == (
+        "failed",
+        "request_too_large",
+        0,
+    )
     assert recs["ok"]["status"] == "completed"
     assert settled(srv)["attempts_by_prompt"] == {"fits": 1}
 
 
 def test_server_says_request_too_large_no_retry(tmp_path: Path, server) -> None:
     srv = server(tpm=1000)  # not told: the server's 429 "Request too large" decides
-    rows = [{"id": "big", "input": "x", "params": {"max_tokens": 5000}},
-            {"id": "ok", "input": "fits", "params": {"max_tokens": 50}}]
+    rows = [
+        {"id": "big", "input": "x", "params": {"max_tokens": 5000}},
+        {"id": "ok", "input": "fits", "params": {"max_tokens": 50}},
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     res = run_cli(run_args(srv, inp, out))
     assert res.exit_code == 1
     recs = by_id(out, 2)
-    assert (recs["big"]["error"]["type"], recs["big"]["error"]["status_code"],
-            recs["big"]["attempts"]) == ("request_too_large", 429, 1)
+    assert (
+        recs["big"]["error"]["type"],
+        recs["big"]["error"]["status_code"],
+        recs["big"]["attempts"],
+    ) == ("request_too_large", 429, 1)
     assert recs["big"]["error"]["message"].startswith("Request too large for gpt-4o-mini")
     assert recs["ok"]["status"] == "completed"
     assert settled(srv)["attempts_by_prompt"] == {"x": 1, "fits": 1}
 
 
-def test_after_a_wrong_key_the_same_command_with_the_right_key_resumes(tmp_path: Path,
-                                                                      server) -> None:
+def test_after_a_wrong_key_the_same_command_with_the_right_key_resumes(
+    tmp_path: Path, server
+) -> None:
     srv = server(api_keys=frozenset({TEST_KEY}))
     inp = write_jsonl(tmp_path / "in.jsonl", rows_of([f"q{i}" for i in range(40)]))
     out = tmp_path / "out.jsonl"
@@ -464,9 +529,24 @@ def test_unreachable_base_url_stops_the_run_instead_of_failing_every_line(tmp_pa
     sock.close()  # nothing listens there now
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "input": "x"} for i in range(50)])
     out = tmp_path / "out.jsonl"
-    res = run_cli(["run", str(inp), "-o", str(out), "--base-url", f"http://127.0.0.1:{port}/v1",
-                   "--api-key", TEST_KEY, "--max-retries", "2", "--backoff-base", "0.01",
-                   "--progress", "quiet"])
+    res = run_cli(
+        [
+            "run",
+            str(inp),
+            "-o",
+            str(out),
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--api-key",
+            TEST_KEY,
+            "--max-retries",
+            "2",
+            "--backoff-base",
+            "0.01",
+            "--progress",
+            "quiet",
+        ]
+    )
     assert res.exit_code == 2
     assert "check --base-url" in res.stderr and TEST_KEY not in res.stderr
     assert not out.exists() or out.read_text() == ""  # nothing recorded: a rerun sends all

@@ -93,8 +93,20 @@ def test_kill_9_and_ctrl_c_then_resume_exactly_once(tmp_path: Path) -> None:
 def _kill_test(tmp_path: Path, srv: ThreadedMockServer) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", rows(N))
     out = tmp_path / "out.jsonl"
-    args = ["run", str(inp), "-o", str(out), "--base-url", srv.base_url,
-            "--concurrency", str(CONCURRENCY), "--progress", "quiet", "--backoff-base", "0.01"]
+    args = [
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        srv.base_url,
+        "--concurrency",
+        str(CONCURRENCY),
+        "--progress",
+        "quiet",
+        "--backoff-base",
+        "0.01",
+    ]
     cmd = [sys.executable, "-m", "burstcli.cli", *args]
     env = subprocess_env()
     rng = random.Random(20261127)
@@ -106,8 +118,13 @@ def _kill_test(tmp_path: Path, srv: ThreadedMockServer) -> None:
     def start(extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         runs.append(logs / f"run{len(runs)}.stderr")
         with runs[-1].open("wb") as err:
-            return subprocess.Popen([*cmd, *extra], env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            return subprocess.Popen(
+                [*cmd, *extra],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     def finish(proc: subprocess.Popen[bytes]) -> str:
         proc.wait(timeout=60)
@@ -166,9 +183,11 @@ def _kill_test(tmp_path: Path, srv: ThreadedMockServer) -> None:
     assert set(completed) == {f"kill test {i}" for i in range(N)}
     answered_twice = sum(c - 1 for c in completed.values())
     resent = stats["requests_total"] - N
-    print(f"\nkill test: {N} requests, concurrency {CONCURRENCY}, {kills} x SIGKILL + 1 x "
-          f"SIGINT, torn tails repaired {torn_tails}; re-sent {resent} request(s), answered "
-          f"twice {answered_twice} (bound {kills * CONCURRENCY})")
+    print(
+        f"\nkill test: {N} requests, concurrency {CONCURRENCY}, {kills} x SIGKILL + 1 x "
+        f"SIGINT, torn tails repaired {torn_tails}; re-sent {resent} request(s), answered "
+        f"twice {answered_twice} (bound {kills * CONCURRENCY})"
+    )
     assert max(completed.values()) <= 2
     assert answered_twice <= resent <= kills * CONCURRENCY
 
@@ -182,6 +201,7 @@ def _kill_test(tmp_path: Path, srv: ThreadedMockServer) -> None:
 
 
 # -- in-process reruns (fast) --------------------------------------------------------------
+
 
 def test_finished_run_rerun_sends_nothing(tmp_path: Path, server) -> None:
     srv = server()
@@ -204,8 +224,10 @@ def test_changed_input_is_refused(tmp_path: Path, server) -> None:
     write_jsonl(inp, rows(21))  # one more line
     res = run_cli(run_args(srv, inp, out))
     assert res.exit_code == 2
-    assert f"Error: {out} was written from a different input ({inp}, since changed or " \
-           "replaced). Use --restart to start over, or another -o OUTPUT." in res.stderr
+    assert (
+        f"Error: {out} was written from a different input ({inp}, since changed or "
+        "replaced). Use --restart to start over, or another -o OUTPUT." in res.stderr
+    )
     assert settled(srv)["requests_total"] == 20
     assert out.read_bytes() == before
 
@@ -257,10 +279,24 @@ def test_sigterm_exits_143_and_resumes(tmp_path: Path) -> None:
     with ThreadedMockServer(MockConfig(latency=0.05)) as srv:
         inp = write_jsonl(tmp_path / "in.jsonl", rows(200))
         out = tmp_path / "out.jsonl"
-        cmd = [sys.executable, "-m", "burstcli.cli", "run", str(inp), "-o", str(out),
-               "--base-url", srv.base_url, "--concurrency", "4", "--progress", "quiet"]
-        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        cmd = [
+            sys.executable,
+            "-m",
+            "burstcli.cli",
+            "run",
+            str(inp),
+            "-o",
+            str(out),
+            "--base-url",
+            srv.base_url,
+            "--concurrency",
+            "4",
+            "--progress",
+            "quiet",
+        ]
+        proc = subprocess.Popen(
+            cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         wait_for(lambda: complete_lines(out) >= 10, proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -278,10 +314,20 @@ def test_sigterm_exits_143_and_resumes(tmp_path: Path) -> None:
 def test_rerun_after_a_big_last_record(tmp_path: Path, server) -> None:
     # One embedding of 5,000 dimensions is a ~100 KB record.
     srv = server()
-    inp = write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "small", "input": "x"},
-        {"id": "big", "endpoint": "embeddings", "model": "text-embedding-3-small",
-         "input": "y", "params": {"dimensions": 5000}, "priority": 1}])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "small", "input": "x"},
+            {
+                "id": "big",
+                "endpoint": "embeddings",
+                "model": "text-embedding-3-small",
+                "input": "y",
+                "params": {"dimensions": 5000},
+                "priority": 1,
+            },
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert run_cli(run_args(srv, inp, out)).exit_code == 0
     before = out.read_bytes()
@@ -293,15 +339,26 @@ def test_rerun_after_a_big_last_record(tmp_path: Path, server) -> None:
 
 
 def stdin_rows(prefix: str, n: int) -> bytes:
-    return b"".join(orjson.dumps({"id": f"{prefix}{i}", "input": f"{prefix} {i}"}) + b"\n"
-                    for i in range(n))
+    return b"".join(
+        orjson.dumps({"id": f"{prefix}{i}", "input": f"{prefix} {i}"}) + b"\n" for i in range(n)
+    )
 
 
 def test_stdin_resume_with_the_same_content(tmp_path: Path, server) -> None:
     srv = server()
     out = tmp_path / "out.jsonl"
-    args = ["run", "-", "-o", str(out), "--base-url", srv.base_url, "--api-key", TEST_KEY,
-            "--progress", "quiet"]
+    args = [
+        "run",
+        "-",
+        "-o",
+        str(out),
+        "--base-url",
+        srv.base_url,
+        "--api-key",
+        TEST_KEY,
+        "--progress",
+        "quiet",
+    ]
     data = stdin_rows("s", 12)
     assert run_cli(args, input=stdin_rows("s", 7)).exit_code == 0  # an earlier, shorter feed
     lines = out.read_bytes().splitlines(keepends=True)
@@ -316,28 +373,59 @@ def test_stdin_resume_with_the_same_content(tmp_path: Path, server) -> None:
 def test_stdin_resume_with_other_content_is_refused(tmp_path: Path, server) -> None:
     srv = server()
     out = tmp_path / "out.jsonl"
-    args = ["run", "-", "-o", str(out), "--base-url", srv.base_url, "--api-key", TEST_KEY,
-            "--progress", "quiet"]
+    args = [
+        "run",
+        "-",
+        "-o",
+        str(out),
+        "--base-url",
+        srv.base_url,
+        "--api-key",
+        TEST_KEY,
+        "--progress",
+        "quiet",
+    ]
     assert run_cli(args, input=stdin_rows("a", 5)).exit_code == 0
     before = out.read_bytes()
     res = run_cli(args, input=stdin_rows("b", 8))
     # Either refused (exit 2, nothing sent) or every line of the new stream answered; what
     # happens today is neither: b0..b4 are skipped as "done" because a0..a4 were.
     ids = sorted(r["request_id"] for r in read_jsonl(out))
-    assert (res.exit_code == 2 and out.read_bytes() == before
-            and settled(srv)["requests_total"] == 5), (res.exit_code, ids)
+    assert (
+        res.exit_code == 2 and out.read_bytes() == before and settled(srv)["requests_total"] == 5
+    ), (res.exit_code, ids)
 
 
-def _slow_run(tmp_path: Path, srv: ThreadedMockServer, *extra: str
-              ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def _slow_run(
+    tmp_path: Path, srv: ThreadedMockServer, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
     out = tmp_path / "out.jsonl"
     errf = tmp_path / "stderr.txt"
-    cmd = [sys.executable, "-m", "burstcli.cli", "run", str(inp), "-o", str(out),
-           "--base-url", srv.base_url, "--concurrency", "4", "--progress", "quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "burstcli.cli",
+        "run",
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        srv.base_url,
+        "--concurrency",
+        "4",
+        "--progress",
+        "quiet",
+        *extra,
+    ]
     with errf.open("wb") as err:
-        proc = subprocess.Popen(cmd, env=subprocess_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            cmd,
+            env=subprocess_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     wait_for(lambda: srv.stats()["in_flight"] >= 1, proc)
     assert proc.poll() is None
     return proc, out, errf
@@ -375,8 +463,9 @@ def test_second_ctrl_c_skips_the_grace(tmp_path: Path) -> None:
 def test_resuming_a_big_finished_output_is_fast(tmp_path: Path, server) -> None:
     n = 100_000
     inp = tmp_path / "in.jsonl"
-    inp.write_bytes(b"".join(orjson.dumps({"id": f"r{i}", "input": f"question {i}"}) + b"\n"
-                             for i in range(n)))
+    inp.write_bytes(
+        b"".join(orjson.dumps({"id": f"r{i}", "input": f"question {i}"}) + b"\n" for i in range(n))
+    )
     out = tmp_path / "out.jsonl"
     srv = server()
     args = run_args(srv, inp, out)
@@ -387,9 +476,23 @@ def test_resuming_a_big_finished_output_is_fast(tmp_path: Path, server) -> None:
     fp = orjson.loads(side.read_bytes())
     fp.update(input=str(inp), input_sha256=hashlib.sha256(inp.read_bytes()).hexdigest())
     side.write_bytes(orjson.dumps(fp))
-    out.write_bytes(b"".join(orjson.dumps(
-        {"request_id": f"r{i}", "line": i + 1, "status": "completed", "output": "x",
-         "model": "gpt-4o-mini", "attempts": 1, "error": None}) + b"\n" for i in range(n)))
+    out.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "request_id": f"r{i}",
+                    "line": i + 1,
+                    "status": "completed",
+                    "output": "x",
+                    "model": "gpt-4o-mini",
+                    "attempts": 1,
+                    "error": None,
+                }
+            )
+            + b"\n"
+            for i in range(n)
+        )
+    )
     before = settled(srv)["requests_total"]
     t = time.monotonic()
     res = run_cli(args)

@@ -19,19 +19,36 @@ from burstcli.stats import TIMELINE_BINS, compute, nearest_rank
 from burstcli.statsview import bar, render, sparkline
 
 
-def rec(rid: str, status: str, *, model: str | None, model_used: str | None,
-        latency: float | None, attempts: int, usage: dict[str, int] | None,
-        cost: float | None, finished: str, error: str | None = None,
-        unanswered: int = 0) -> dict[str, Any]:
+def rec(
+    rid: str,
+    status: str,
+    *,
+    model: str | None,
+    model_used: str | None,
+    latency: float | None,
+    attempts: int,
+    usage: dict[str, int] | None,
+    cost: float | None,
+    finished: str,
+    error: str | None = None,
+    unanswered: int = 0,
+) -> dict[str, Any]:
     """A record shaped like Result.record() (design.md: Response record)."""
     r: dict[str, Any] = {
-        "request_id": rid, "line": int(rid[1:]), "status": status,
+        "request_id": rid,
+        "line": int(rid[1:]),
+        "status": status,
         "output": "text" if status == "completed" else None,
-        "model": model, "model_used": model_used, "latency_ms": latency,
-        "attempts": attempts, "usage": usage,
-        "tokens_used": usage["total_tokens"] if usage else 0, "cost_usd": cost,
+        "model": model,
+        "model_used": model_used,
+        "latency_ms": latency,
+        "attempts": attempts,
+        "usage": usage,
+        "tokens_used": usage["total_tokens"] if usage else 0,
+        "cost_usd": cost,
         "error": {"type": error, "message": "boom", "status_code": None} if error else None,
-        "metadata": None, "finished_at": finished,
+        "metadata": None,
+        "finished_at": finished,
     }
     if unanswered:
         r["unanswered_attempts"] = unanswered
@@ -45,31 +62,127 @@ def usage(p: int, c: int) -> dict[str, int]:
 T = "2026-11-27T10:"
 # Run A: 8 records and a torn last line (a run still writing, or killed mid-write).
 RUN_A = [
-    rec("r1", "completed", model="gpt-4o-mini", model_used="gpt-4o-mini", latency=100.0,
-        attempts=1, usage=usage(10, 5), cost=0.001, finished=T + "00:00.000Z"),
-    rec("r2", "completed", model="gpt-4o-mini", model_used="gpt-4o-mini", latency=300.0,
-        attempts=3, usage=usage(20, 10), cost=0.003, finished=T + "00:30.000Z", unanswered=1),
-    rec("r3", "completed", model="gpt-4o", model_used="gpt-4o", latency=2000.0,
-        attempts=1, usage=usage(100, 50), cost=0.01, finished=T + "01:00.000Z"),
+    rec(
+        "r1",
+        "completed",
+        model="gpt-4o-mini",
+        model_used="gpt-4o-mini",
+        latency=100.0,
+        attempts=1,
+        usage=usage(10, 5),
+        cost=0.001,
+        finished=T + "00:00.000Z",
+    ),
+    rec(
+        "r2",
+        "completed",
+        model="gpt-4o-mini",
+        model_used="gpt-4o-mini",
+        latency=300.0,
+        attempts=3,
+        usage=usage(20, 10),
+        cost=0.003,
+        finished=T + "00:30.000Z",
+        unanswered=1,
+    ),
+    rec(
+        "r3",
+        "completed",
+        model="gpt-4o",
+        model_used="gpt-4o",
+        latency=2000.0,
+        attempts=1,
+        usage=usage(100, 50),
+        cost=0.01,
+        finished=T + "01:00.000Z",
+    ),
     # A fallback: requested gpt-4o, answered by gpt-4o-mini, so it counts under the latter.
-    rec("r4", "completed", model="gpt-4o", model_used="gpt-4o-mini", latency=700.0,
-        attempts=2, usage=usage(5, 5), cost=0.002, finished=T + "01:30.500Z"),
+    rec(
+        "r4",
+        "completed",
+        model="gpt-4o",
+        model_used="gpt-4o-mini",
+        latency=700.0,
+        attempts=2,
+        usage=usage(5, 5),
+        cost=0.002,
+        finished=T + "01:30.500Z",
+    ),
     # No price known for a local model: cost null, never 0.
-    rec("r5", "completed", model="llama-local", model_used="llama-local", latency=50.0,
-        attempts=1, usage=usage(7, 3), cost=None, finished=T + "02:00.000Z"),
-    rec("r6", "failed", model="gpt-4o", model_used=None, latency=60000.0, attempts=6,
-        usage=None, cost=None, finished=T + "02:30.000Z", error="timeout", unanswered=6),
+    rec(
+        "r5",
+        "completed",
+        model="llama-local",
+        model_used="llama-local",
+        latency=50.0,
+        attempts=1,
+        usage=usage(7, 3),
+        cost=None,
+        finished=T + "02:00.000Z",
+    ),
+    rec(
+        "r6",
+        "failed",
+        model="gpt-4o",
+        model_used=None,
+        latency=60000.0,
+        attempts=6,
+        usage=None,
+        cost=None,
+        finished=T + "02:30.000Z",
+        error="timeout",
+        unanswered=6,
+    ),
     # An invalid input line: no model, no attempt, recorded first.
-    rec("r7", "failed", model=None, model_used=None, latency=None, attempts=0, usage=None,
-        cost=None, finished=T + "00:00.000Z", error="invalid_request"),
-    rec("r8", "failed", model="llama-local", model_used=None, latency=1500.0, attempts=2,
-        usage=None, cost=None, finished=T + "03:00.000Z", error="server_error", unanswered=2),
+    rec(
+        "r7",
+        "failed",
+        model=None,
+        model_used=None,
+        latency=None,
+        attempts=0,
+        usage=None,
+        cost=None,
+        finished=T + "00:00.000Z",
+        error="invalid_request",
+    ),
+    rec(
+        "r8",
+        "failed",
+        model="llama-local",
+        model_used=None,
+        latency=1500.0,
+        attempts=2,
+        usage=None,
+        cost=None,
+        finished=T + "03:00.000Z",
+        error="server_error",
+        unanswered=2,
+    ),
 ]
 RUN_B = [
-    rec("r10", "completed", model="gpt-4o", model_used="gpt-4o", latency=30000.0, attempts=1,
-        usage=usage(1000, 500), cost=0.02, finished=T + "05:00.000Z"),
-    rec("r11", "completed", model="gpt-4o-mini", model_used="gpt-4o-mini", latency=150000.0,
-        attempts=1, usage=usage(1, 1), cost=0.0001, finished=T + "04:00.000Z"),
+    rec(
+        "r10",
+        "completed",
+        model="gpt-4o",
+        model_used="gpt-4o",
+        latency=30000.0,
+        attempts=1,
+        usage=usage(1000, 500),
+        cost=0.02,
+        finished=T + "05:00.000Z",
+    ),
+    rec(
+        "r11",
+        "completed",
+        model="gpt-4o-mini",
+        model_used="gpt-4o-mini",
+        latency=150000.0,
+        attempts=1,
+        usage=usage(1, 1),
+        cost=0.0001,
+        finished=T + "04:00.000Z",
+    ),
 ]
 TORN = b'{"request_id": "r9", "line": 9, "status": "compl'
 
@@ -91,6 +204,7 @@ def file_b(tmp_path: Path) -> Path:
 
 # -- nearest rank ---------------------------------------------------------------------------
 
+
 def test_nearest_rank_textbook_example() -> None:
     # The standard worked example: 15, 20, 35, 40, 50.
     values = [15.0, 20.0, 35.0, 40.0, 50.0]
@@ -110,6 +224,7 @@ def test_nearest_rank_exact_at_rank_boundaries() -> None:
 
 
 # -- one file -------------------------------------------------------------------------------
+
 
 def test_totals_and_rates(file_a: Path) -> None:
     s = compute([file_a])
@@ -224,26 +339,58 @@ def test_histogram(file_a: Path) -> None:
 
 def test_shape_is_the_documented_contract(file_a: Path) -> None:
     s = compute([file_a])
-    assert set(s) == {"files", "records", "status", "success_rate", "latency_ms", "attempts",
-                      "tokens", "cost_usd", "models", "errors", "time", "histogram",
-                      "timeline"}
+    assert set(s) == {
+        "files",
+        "records",
+        "status",
+        "success_rate",
+        "latency_ms",
+        "attempts",
+        "tokens",
+        "cost_usd",
+        "models",
+        "errors",
+        "time",
+        "histogram",
+        "timeline",
+    }
     assert set(s["latency_ms"]) == {"method", "count", "p50", "p90", "p99", "max", "mean"}
     assert set(s["attempts"]) == {"total", "retries", "unanswered"}
     assert set(s["tokens"]) == {"prompt", "completion", "total"}
-    assert set(s["cost_usd"]) == {"total", "null_cost_records", "unpriced_completed",
-                                  "worst_case", "unpriced_unanswered", "note"}
-    assert set(s["time"]) == {"first_finished_at", "last_finished_at", "wall_seconds",
-                              "throughput_per_min"}
+    assert set(s["cost_usd"]) == {
+        "total",
+        "null_cost_records",
+        "unpriced_completed",
+        "worst_case",
+        "unpriced_unanswered",
+        "note",
+    }
+    assert set(s["time"]) == {
+        "first_finished_at",
+        "last_finished_at",
+        "wall_seconds",
+        "throughput_per_min",
+    }
     assert set(s["timeline"]) == {"start", "bin_seconds", "counts", "failed"}
     for m in s["models"].values():
-        assert set(m) == {"count", "completed", "failed", "tokens", "cost_usd", "unpriced",
-                          "mean_cost_per_completed", "unanswered_attempts", "latency_p50_ms"}
+        assert set(m) == {
+            "count",
+            "completed",
+            "failed",
+            "tokens",
+            "cost_usd",
+            "unpriced",
+            "mean_cost_per_completed",
+            "unanswered_attempts",
+            "latency_p50_ms",
+        }
     assert len(s["timeline"]["counts"]) == TIMELINE_BINS
     # --json prints it as is: it must serialise, and round-trip unchanged.
     assert orjson.loads(orjson.dumps(s)) == s
 
 
 # -- several files --------------------------------------------------------------------------
+
 
 def test_several_files_at_once(file_a: Path, file_b: Path) -> None:
     s = compute([file_a, file_b])
@@ -283,14 +430,19 @@ def test_file_still_being_written_is_read_up_to_the_last_whole_line(tmp_path: Pa
 
 # -- edges ----------------------------------------------------------------------------------
 
+
 def test_empty_file(tmp_path: Path) -> None:
     s = compute([write(tmp_path / "empty.jsonl", [])])
     assert s["records"] == 0
     assert s["success_rate"] is None
     assert s["latency_ms"]["count"] == 0
     assert all(s["latency_ms"][k] is None for k in ("p50", "p90", "p99", "max", "mean"))
-    assert s["time"] == {"first_finished_at": None, "last_finished_at": None,
-                         "wall_seconds": None, "throughput_per_min": None}
+    assert s["time"] == {
+        "first_finished_at": None,
+        "last_finished_at": None,
+        "wall_seconds": None,
+        "throughput_per_min": None,
+    }
     assert s["timeline"]["counts"] == []
     assert s["cost_usd"]["total"] == 0.0
 
@@ -310,9 +462,18 @@ def test_nothing_priced_means_unknown_cost(tmp_path: Path) -> None:
 
 
 def test_foreign_or_damaged_fields_do_not_crash(tmp_path: Path) -> None:
-    odd = [{"status": "completed", "latency_ms": "fast", "attempts": "3", "usage": [1],
-            "cost_usd": "1", "finished_at": "yesterday"},
-           {"status": "cancelled"}, [1, 2, 3]]
+    odd = [
+        {
+            "status": "completed",
+            "latency_ms": "fast",
+            "attempts": "3",
+            "usage": [1],
+            "cost_usd": "1",
+            "finished_at": "yesterday",
+        },
+        {"status": "cancelled"},
+        [1, 2, 3],
+    ]
     path = tmp_path / "odd.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in odd) + b"not json\n")
     s = compute([path])
@@ -330,6 +491,7 @@ def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
 
 
 # -- rendering ------------------------------------------------------------------------------
+
 
 def test_bar_and_sparkline() -> None:
     assert bar(4, 8, width=10) == "█" * 5  # half of 10 cells
@@ -351,12 +513,35 @@ def render_text(stats: dict[str, Any]) -> str:
 
 def test_render_shows_every_section(file_a: Path, file_b: Path) -> None:
     text = render_text(compute([file_a, file_b]))
-    for needle in ("burstq stats:", "(+1 more)", "Summary", "Success rate", "70.0%",
-                   "Throughput", "2.0 requests/min", "Attempts", "1,717", "Worst-case cost",
-                   "Latency (n=7 completed)", "nearest-rank", "p99", "700 ms", "150.00 s",
-                   "Latency histogram", "> 120s", "Requests over time", "Per model",
-                   "gpt-4o-mini", "llama-local", "Errors by type", "invalid_request",
-                   "timeout", "unknown", "$0.036100", "no price"):
+    for needle in (
+        "burstq stats:",
+        "(+1 more)",
+        "Summary",
+        "Success rate",
+        "70.0%",
+        "Throughput",
+        "2.0 requests/min",
+        "Attempts",
+        "1,717",
+        "Worst-case cost",
+        "Latency (n=7 completed)",
+        "nearest-rank",
+        "p99",
+        "700 ms",
+        "150.00 s",
+        "Latency histogram",
+        "> 120s",
+        "Requests over time",
+        "Per model",
+        "gpt-4o-mini",
+        "llama-local",
+        "Errors by type",
+        "invalid_request",
+        "timeout",
+        "unknown",
+        "$0.036100",
+        "no price",
+    ):
         assert needle in text, needle
     assert "█" in text  # histogram bars and the sparkline peak
     assert "▁" in text

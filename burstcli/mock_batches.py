@@ -1,0 +1,608 @@
+"""The mock server's Batch API: /v1/files and /v1/batches, answered like OpenAI's.
+
+Files are kept in memory; a batch moves validating -> in_progress -> finalizing -> completed
+over `MockConfig.batch_seconds` (the fast-forward switch, so a test batch ends in seconds), and
+its lines are answered by the same builders as the live endpoints, directives included.
+`[[mock:expire*N]]` and `[[mock:batchfail*N]]` expire or fail a line in its first N rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from .mock_server import (
+    _DIRECTIVE_RE,
+    _INVALID_JSON_MESSAGE,
+    ORGANIZATION,
+    STATE_KEY,
+    Endpoint,
+    MockState,
+    _bad_request,
+    _ceil_div4,
+    _chat_reply,
+    _check_auth,
+    _choose_fault,
+    _embeddings_reply,
+    _error,
+    _fault_reply,
+    _model_not_found,
+    _parse_chat,
+    _parse_embeddings,
+    _Parsed,
+    _Reply,
+    _server_error,
+    _to_response,
+)
+
+BATCH_ENDPOINTS: Final[dict[str, Endpoint]] = {
+    "/v1/chat/completions": "chat",
+    "/v1/embeddings": "embeddings",
+}
+BATCH_MAX_REQUESTS: Final = 50_000
+BATCH_MAX_BYTES: Final = 200 * 1024 * 1024
+_FILE_PURPOSES: Final = frozenset(
+    {"batch", "batch_output", "fine-tune", "assistants", "vision", "user_data", "evals"}
+)
+_BATCH_TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
+_BATCH_DIRECTIVE_RE: Final = re.compile(r"\[\[mock:(expire|batchfail)(?:\*(\d+))?\]\]")
+_EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
+
+
+@dataclass
+class _MockFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+            "expires_at": None,
+        }
+
+
+@dataclass
+class _MockBatch:
+    id: str
+    endpoint: str
+    model: str | None
+    input_file_id: str
+    completion_window: str
+    metadata: dict[str, Any] | None
+    created_at: int  # wall clock (what clients see)
+    started: float  # MockState.clock() at creation: drives the fast-forwarded lifecycle
+    seconds: float
+    lines: list[dict[str, Any]]
+    errors: list[dict[str, Any]]  # validation errors: the batch fails once validated
+    tokens: int
+    status: str = "validating"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: int = 0
+    failed: int = 0
+    stamps: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        stamps = self.stamps
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "in_progress_at": stamps.get("in_progress_at"),
+            "expires_at": self.created_at + 86_400,
+            "finalizing_at": stamps.get("finalizing_at"),
+            "completed_at": stamps.get("completed_at"),
+            "failed_at": stamps.get("failed_at"),
+            "expired_at": stamps.get("expired_at"),
+            "cancelling_at": stamps.get("cancelling_at"),
+            "cancelled_at": stamps.get("cancelled_at"),
+            "request_counts": {
+                "total": len(self.lines),
+                "completed": self.completed,
+                "failed": self.failed,
+            },
+            "metadata": self.metadata,
+        }
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def _not_found(kind: str, object_id: str) -> _Reply:
+    return _error(
+        404, f"No such {kind} object: {object_id}", "invalid_request_error", code="not_found"
+    )
+
+
+def _json_reply(obj: Any) -> _Reply:
+    return _Reply(status=200, body=orjson.dumps(obj))
+
+
+def _store_file(state: MockState, filename: str, purpose: str, content: bytes) -> _MockFile:
+    f = _MockFile(_new_id("file-"), filename, purpose, content, int(time.time()))
+    state.files[f.id] = f
+    return f
+
+
+def _validate_batch_lines(
+    content: bytes, endpoint: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None, int]:
+    """(request lines, validation errors, model, prompt-token estimate) of a batch input file.
+
+    Only the envelope is checked here, as OpenAI does; a body the endpoint rejects becomes a
+    per-line error response when the batch runs.
+    """
+    lines: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    model: str | None = None
+    tokens = 0
+
+    def err(code: str, message: str, line: int | None, param: str | None = None) -> None:
+        errors.append({"code": code, "message": message, "param": param, "line": line})
+
+    if len(content) > BATCH_MAX_BYTES:
+        err(
+            "file_too_large",
+            f"The input file exceeds the maximum size of {BATCH_MAX_BYTES} bytes.",
+            None,
+        )
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            err("invalid_json_line", "This line is not parseable as valid JSON.", number)
+            continue
+        if not isinstance(obj, dict):
+            err("invalid_json_line", "This line is not a JSON object.", number)
+            continue
+        custom_id = obj.get("custom_id")
+        body = obj.get("body")
+        if not isinstance(custom_id, str) or not custom_id:
+            err(
+                "missing_required_parameter",
+                "Missing required parameter: 'custom_id'.",
+                number,
+                "custom_id",
+            )
+        elif custom_id in seen:
+            err(
+                "duplicate_custom_id",
+                f"The custom_id {custom_id!r} is not unique.",
+                number,
+                "custom_id",
+            )
+        elif obj.get("method") != "POST":
+            err("invalid_method", "Only the POST method is supported.", number, "method")
+        elif obj.get("url") != endpoint:
+            err(
+                "invalid_url",
+                f"The url {obj.get('url')!r} does not match the batch's endpoint {endpoint!r}.",
+                number,
+                "url",
+            )
+        elif not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            err(
+                "missing_required_parameter",
+                "Missing required parameter: 'body.model'.",
+                number,
+                "body.model",
+            )
+        elif model is not None and body["model"] != model:
+            err(
+                "mismatched_model",
+                "All requests in a batch must use the same model "
+                f"({model!r} and {body['model']!r} found).",
+                number,
+                "body.model",
+            )
+        else:
+            seen.add(custom_id)
+            model = body["model"]
+            lines.append(obj)
+            prompt = body.get("messages", body.get("input"))
+            tokens += _ceil_div4(len(orjson.dumps(prompt)))
+    if not lines and not errors:
+        err("empty_file", "The input file is empty.", None)
+    if len(lines) > BATCH_MAX_REQUESTS:
+        err(
+            "too_many_requests",
+            f"The input file holds {len(lines)} requests; the maximum is {BATCH_MAX_REQUESTS}.",
+            None,
+        )
+    return lines, errors, model, tokens
+
+
+def _batch_fault(state: MockState, parsed: _Parsed) -> str | None:
+    """The batch-only directive (expire, batchfail) that applies to this line, if any."""
+    match = _BATCH_DIRECTIVE_RE.search(parsed.prompt)
+    if match is None:
+        return None
+    kind, times = match.group(1), match.group(2)
+    attempt = state.batch_directive_attempt(kind + "\0" + parsed.prompt)
+    return kind if times is None or attempt <= int(times) else None
+
+
+def _answer_batch_line(
+    state: MockState, endpoint: Endpoint, line: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """One output-file line and its outcome: 'completed', 'failed' or 'expired'."""
+    cfg = state.config
+    body: dict[str, Any] = line["body"]
+    model: str = body["model"]
+    out: dict[str, Any] = {
+        "id": _new_id("batch_req_"),
+        "custom_id": line["custom_id"],
+        "response": None,
+        "error": None,
+    }
+    parsed = _parse_chat(body, model) if endpoint == "chat" else _parse_embeddings(body, model)
+    if isinstance(parsed, _Reply):
+        reply = parsed
+    else:
+        state.attempt(parsed.prompt)
+        batch_fault = _batch_fault(state, parsed)
+        if batch_fault == "expire":
+            out["error"] = {"code": "batch_expired", "message": _EXPIRED_MESSAGE}
+            return out, "expired"
+        if batch_fault == "batchfail":
+            reply = _server_error(500)
+        elif cfg.models is not None and model not in cfg.models:
+            reply = _model_not_found(model)
+        elif model in cfg.broken_models:
+            reply = _server_error(500)
+        else:
+            # Only explicit directives here: random faults model a flaky network, which a
+            # batch line never crosses.
+            fault = _choose_fault(state, parsed) if _DIRECTIVE_RE.search(parsed.prompt) else None
+            if fault is not None:
+                state.fault(fault)
+            if fault in ("timeout", "reset", "malformed"):
+                # What a batch worker makes of a hang or a broken upstream answer.
+                reply = _server_error(504 if fault == "timeout" else 500)
+            elif fault is not None:
+                reply = _fault_reply(fault, parsed, state)
+            elif endpoint == "chat":
+                reply = _chat_reply(parsed, empty=False)
+            else:
+                reply = _embeddings_reply(parsed, cfg.embedding_dim, empty=False)
+    state.batch_answered(reply.completed_prompt)
+    out["response"] = {
+        "status_code": reply.status,
+        "request_id": _new_id("req_"),
+        "body": orjson.loads(reply.body),
+    }
+    return out, "completed" if reply.status < 400 else "failed"
+
+
+def _finish_batch(state: MockState, batch: _MockBatch) -> None:
+    endpoint = BATCH_ENDPOINTS[batch.endpoint]
+    outputs: list[bytes] = []
+    errors: list[bytes] = []
+    expired = False
+    for line in batch.lines:
+        out, outcome = _answer_batch_line(state, endpoint, line)
+        (outputs if outcome == "completed" else errors).append(orjson.dumps(out) + b"\n")
+        if outcome == "completed":
+            batch.completed += 1
+        else:
+            batch.failed += 1
+        expired = expired or outcome == "expired"
+    # OpenAI writes an output file only when something succeeded, an error file only when
+    # something failed; clients must expect either id to be null.
+    if outputs:
+        batch.output_file_id = _store_file(
+            state, f"{batch.id}_output.jsonl", "batch_output", b"".join(outputs)
+        ).id
+    if errors:
+        batch.error_file_id = _store_file(
+            state, f"{batch.id}_error.jsonl", "batch_output", b"".join(errors)
+        ).id
+    end = batch.created_at + math.ceil(batch.seconds)
+    if expired:
+        batch.status = "expired"
+        batch.stamps["expired_at"] = end
+    else:
+        batch.status = "completed"
+        batch.stamps["completed_at"] = end
+
+
+def _advance_batch(state: MockState, batch: _MockBatch) -> None:
+    """Bring a batch to where its clock says it is (batches move when looked at)."""
+    if batch.status in _BATCH_TERMINAL or batch.status == "cancelling":
+        return
+    elapsed = state.clock() - batch.started
+    total = batch.seconds
+
+    def stamp(fraction: float) -> int:
+        return batch.created_at + math.floor(fraction * total)
+
+    if elapsed < 0.1 * total:
+        return
+    if batch.errors:
+        batch.status = "failed"
+        batch.stamps["failed_at"] = stamp(0.1)
+        return
+    batch.status = "in_progress"
+    batch.stamps.setdefault("in_progress_at", stamp(0.1))
+    if elapsed < 0.9 * total:
+        return
+    batch.status = "finalizing"
+    batch.stamps.setdefault("finalizing_at", stamp(0.9))
+    if elapsed < total:
+        return
+    _finish_batch(state, batch)
+
+
+def _enqueued_tokens(state: MockState, model: str | None) -> int:
+    total = 0
+    for other in state.batches.values():
+        _advance_batch(state, other)
+        # A batch that fails validation never holds a place in the queue.
+        if other.model == model and other.status not in _BATCH_TERMINAL and not other.errors:
+            total += other.tokens
+    return total
+
+
+async def _upload_file(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    request_id = _new_id("req_")
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return _to_response(auth_error, request_id)
+    if not request.content_type.startswith("multipart/"):
+        return _to_response(_bad_request("Expected a multipart/form-data body.", None), request_id)
+    purpose: str | None = None
+    filename: str | None = None
+    content: bytes | None = None
+    # The streaming reader, not request.post(): aiohttp caps post() at 1 MB, a batch file is
+    # allowed 200 MB.
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "purpose":
+            purpose = (await part.text()).strip()
+        elif part.name == "file":
+            filename = part.filename or "upload"
+            content = bytes(await part.read())
+    if content is None or filename is None:
+        return _to_response(_bad_request("Missing required parameter: 'file'.", "file"), request_id)
+    if purpose not in _FILE_PURPOSES:
+        return _to_response(
+            _bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose"), request_id
+        )
+    if purpose == "batch" and not filename.endswith(".jsonl"):
+        return _to_response(
+            _bad_request("Batch input files must be .jsonl files.", "file"), request_id
+        )
+    stored = _store_file(state, filename, purpose, content)
+    state.file_uploaded()
+    return _to_response(_json_reply(stored.to_dict()), request_id)
+
+
+def _find_file(request: web.Request) -> _MockFile | _Reply:
+    state = request.app[STATE_KEY]
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return auth_error
+    file_id = request.match_info["file_id"]
+    found = state.files.get(file_id)
+    return found if found is not None else _not_found("File", file_id)
+
+
+async def _list_files(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    request_id = _new_id("req_")
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return _to_response(auth_error, request_id)
+    purpose = request.query.get("purpose")
+    data = [
+        f.to_dict()
+        for f in reversed(state.files.values())
+        if purpose is None or f.purpose == purpose
+    ]
+    return _to_response(
+        _json_reply({"object": "list", "data": data, "has_more": False}), request_id
+    )
+
+
+async def _get_file(request: web.Request) -> web.StreamResponse:
+    found = _find_file(request)
+    reply = found if isinstance(found, _Reply) else _json_reply(found.to_dict())
+    return _to_response(reply, _new_id("req_"))
+
+
+async def _file_content(request: web.Request) -> web.StreamResponse:
+    found = _find_file(request)
+    if isinstance(found, _Reply):
+        return _to_response(found, _new_id("req_"))
+    reply = _Reply(status=200, body=found.content, content_type="application/octet-stream")
+    return _to_response(reply, _new_id("req_"))
+
+
+async def _create_batch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    request_id = _new_id("req_")
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return _to_response(auth_error, request_id)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        return _to_response(_bad_request(_INVALID_JSON_MESSAGE, None), request_id)
+    endpoint = body.get("endpoint")
+    window = body.get("completion_window")
+    file_id = body.get("input_file_id")
+    metadata = body.get("metadata")
+    if endpoint not in BATCH_ENDPOINTS:
+        return _to_response(
+            _bad_request(
+                f"Invalid value for 'endpoint': {endpoint!r} (the mock supports "
+                f"{', '.join(BATCH_ENDPOINTS)}).",
+                "endpoint",
+            ),
+            request_id,
+        )
+    if window != "24h":
+        return _to_response(
+            _bad_request(
+                f"Invalid value for 'completion_window': {window!r}. Supported values are: '24h'.",
+                "completion_window",
+            ),
+            request_id,
+        )
+    if metadata is not None and not isinstance(metadata, dict):
+        return _to_response(
+            _bad_request("Invalid 'metadata': expected an object.", "metadata"), request_id
+        )
+    source = state.files.get(file_id) if isinstance(file_id, str) else None
+    if source is None:
+        return _to_response(_not_found("File", str(file_id)), request_id)
+    if source.purpose != "batch":
+        return _to_response(
+            _bad_request(
+                f"The input file {file_id} must be uploaded with purpose 'batch'.", "input_file_id"
+            ),
+            request_id,
+        )
+    lines, errors, model, tokens = _validate_batch_lines(source.content, endpoint)
+    limit = state.config.batch_max_enqueued_tokens
+    if not errors and limit is not None and _enqueued_tokens(state, model) + tokens > limit:
+        errors.append(
+            {
+                "code": "token_limit_exceeded",
+                "message": f"Enqueued token limit reached for {model} in organization "
+                f"{ORGANIZATION}. Limit: {limit} enqueued tokens. Please try again once some "
+                "in_progress batches have been completed.",
+                "param": None,
+                "line": None,
+            }
+        )
+    batch = _MockBatch(
+        id=_new_id("batch_"),
+        endpoint=endpoint,
+        model=model,
+        input_file_id=source.id,
+        completion_window=window,
+        metadata=metadata,
+        created_at=int(time.time()),
+        started=state.clock(),
+        seconds=state.config.batch_seconds,
+        lines=lines,
+        errors=errors,
+        tokens=tokens,
+    )
+    state.batches[batch.id] = batch
+    state.batch_created(len(lines))
+    _advance_batch(state, batch)
+    return _to_response(_json_reply(batch.to_dict()), request_id)
+
+
+def _find_batch(request: web.Request) -> _MockBatch | _Reply:
+    state = request.app[STATE_KEY]
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return auth_error
+    batch_id = request.match_info["batch_id"]
+    batch = state.batches.get(batch_id)
+    if batch is None:
+        return _not_found("Batch", batch_id)
+    _advance_batch(state, batch)
+    return batch
+
+
+async def _get_batch(request: web.Request) -> web.StreamResponse:
+    found = _find_batch(request)
+    reply = found if isinstance(found, _Reply) else _json_reply(found.to_dict())
+    return _to_response(reply, _new_id("req_"))
+
+
+async def _list_batches(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    request_id = _new_id("req_")
+    auth_error = _check_auth(request, state)
+    if auth_error is not None:
+        return _to_response(auth_error, request_id)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        return _to_response(
+            _bad_request("Invalid 'limit': expected 1 to 100.", "limit"), request_id
+        )
+    newest_first = list(reversed(state.batches.values()))
+    after = request.query.get("after")
+    if after is not None:
+        ids = [b.id for b in newest_first]
+        newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+    page = newest_first[:limit]
+    for batch in page:
+        _advance_batch(state, batch)
+    body = {
+        "object": "list",
+        "data": [b.to_dict() for b in page],
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+        "has_more": len(newest_first) > limit,
+    }
+    return _to_response(_json_reply(body), request_id)
+
+
+async def _cancel_batch(request: web.Request) -> web.StreamResponse:
+    found = _find_batch(request)
+    if isinstance(found, _Reply):
+        return _to_response(found, _new_id("req_"))
+    if found.status in _BATCH_TERMINAL:
+        return _to_response(
+            _bad_request(f"Cannot cancel a batch with status '{found.status}'.", None),
+            _new_id("req_"),
+        )
+    # Nothing runs before the batch finalizes here, so a cancelled batch has no answers.
+    now = int(time.time())
+    found.status = "cancelled"
+    found.stamps["cancelling_at"] = now
+    found.stamps["cancelled_at"] = now
+    return _to_response(_json_reply(found.to_dict()), _new_id("req_"))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/files", _upload_file)
+    app.router.add_get("/v1/files", _list_files)
+    app.router.add_get("/v1/files/{file_id}", _get_file)
+    app.router.add_get("/v1/files/{file_id}/content", _file_content)
+    app.router.add_post("/v1/batches", _create_batch)
+    app.router.add_get("/v1/batches", _list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", _get_batch)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", _cancel_batch)
