@@ -10,10 +10,12 @@ write. No Typer or Rich here: the CLI builds the parts and renders what `run()` 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -192,16 +194,23 @@ class Engine:
             await asyncio.wait(set(self._tasks), timeout=step)
 
     async def _dispatch(self, items: AsyncIterator[Request | InvalidLine]) -> None:
-        async for item in items:
-            if self._stop is not None:
-                return
-            if isinstance(item, InvalidLine):
-                self._record(invalid_result(item))
-                continue
+        it = aiter(items)
+        while self._stop is None:
+            # The slot first, then the item: what is sent next is chosen as late as possible,
+            # so a high-priority line that arrived meanwhile (stdin) goes first.
             await self.limits.slot()
             if self._stop is not None:
                 self.limits.release()
                 return
+            try:
+                item = await anext(it)
+            except StopAsyncIteration:
+                self.limits.release()
+                return
+            if isinstance(item, InvalidLine):
+                self.limits.release()
+                self._record(invalid_result(item))
+                continue
             held = 0.0
             if self.budget is not None:
                 amount = self.budget.reserve(item)
@@ -441,40 +450,74 @@ class Engine:
 
 
 async def aiter_items(
-    items: Iterable[Request | InvalidLine], *, threaded: bool = False, chunk: int = 256
+    items: Iterable[Request | InvalidLine], *, chunk: int = 256
 ) -> AsyncIterator[Request | InvalidLine]:
-    """Feed a sync source to the dispatcher; `threaded` for blocking streams such as stdin."""
-    it: Iterator[Request | InvalidLine] = iter(items)
-    if not threaded:
-        for n, item in enumerate(it):
-            yield item
-            if n % chunk == chunk - 1:
-                await asyncio.sleep(0)  # let answers in while a long file is walked
-        return
-    # A daemon thread, not the default executor: a read blocked on stdin must not keep the
-    # process alive after Ctrl-C. A semaphore keeps it at most a few chunks ahead.
+    """Feed a file's (already ordered) items to the dispatcher, letting answers in between."""
+    for n, item in enumerate(items):
+        yield item
+        if n % chunk == chunk - 1:
+            await asyncio.sleep(0)
+
+
+def prioritized(
+    items: Iterable[Request | InvalidLine], *, window: int = 10_000
+) -> AsyncIterator[Request | InvalidLine]:
+    """Items of a blocking stream (stdin), highest priority first among those buffered.
+
+    A daemon thread, started at once, reads (a read blocked on stdin must not keep the process
+    alive after Ctrl-C) into a buffer of at most `window` items; each time the dispatcher
+    asks, it gets the best item read so far, so a slow producer is never waited for and a
+    fast one is ordered across the window. Invalid lines come out first: they are recorded
+    at once.
+    """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Request | InvalidLine] | BaseException | None] = asyncio.Queue()
-    room = threading.Semaphore(4)
+    lock = threading.Lock()
+    incoming: list[Request | InvalidLine] = []
+    state: dict[str, Any] = {"finished": False, "error": None}
+    room = threading.Semaphore(window)
+    wake = asyncio.Event()
+
+    def signal() -> None:
+        try:
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # the loop is gone: nobody is reading any more
+            pass
 
     def produce() -> None:
         try:
-            batch: list[Request | InvalidLine] = []
-            for item in it:
-                batch.append(item)
-                if len(batch) >= chunk:
-                    room.acquire()
-                    loop.call_soon_threadsafe(queue.put_nowait, batch)
-                    batch = []
-            loop.call_soon_threadsafe(queue.put_nowait, batch)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+            for item in items:
+                room.acquire()
+                with lock:
+                    incoming.append(item)
+                    first = len(incoming) == 1
+                if first:
+                    signal()
         except BaseException as exc:  # surfaced in the loop, not lost in the thread
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            state["error"] = exc
+        with lock:
+            state["finished"] = True
+        signal()
+
+    async def ordered() -> AsyncIterator[Request | InvalidLine]:
+        heap: list[tuple[int, int, Request | InvalidLine]] = []
+        tie = itertools.count()
+        while True:
+            with lock:
+                for item in incoming:
+                    prio = item.priority if isinstance(item, Request) else 11
+                    heapq.heappush(heap, (-prio, next(tie), item))
+                incoming.clear()
+                finished = state["finished"]
+            if heap:
+                room.release()
+                yield heapq.heappop(heap)[2]
+                continue
+            if finished:
+                if state["error"] is not None:
+                    raise state["error"]
+                return
+            wake.clear()
+            await wake.wait()
 
     threading.Thread(target=produce, name="burstq-reader", daemon=True).start()
-    while (got := await queue.get()) is not None:
-        if isinstance(got, BaseException):
-            raise got
-        room.release()
-        for item in got:
-            yield item
+    return ordered()

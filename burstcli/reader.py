@@ -9,8 +9,6 @@ input cannot be re-read, so there priority orders what is buffered (`StreamSourc
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -334,12 +332,12 @@ class FileSource:
 
 
 class StreamSource:
-    """Requests from a stream (stdin): priority orders what is buffered, up to `window` lines."""
+    """Requests from a stream (stdin), in stream order: it cannot be read twice, so priority
+    orders only what is buffered (the engine's `prioritized()` does that)."""
 
-    def __init__(self, stream: Iterable[bytes], default_model: str, window: int = 10_000) -> None:
+    def __init__(self, stream: Iterable[bytes], default_model: str) -> None:
         self.stream = stream
         self.default_model = default_model
-        self.window = window
         self.total = 0
         self.pending = 0
         self.done = 0
@@ -348,14 +346,12 @@ class StreamSource:
     def items(
         self, done: Done | None, done_ids: dict[int, str] | None = None
     ) -> Iterator[Request | InvalidLine]:
-        """Invalid lines as soon as they are read; requests once buffered, highest first.
+        """Each line as it is read: a Request, or an InvalidLine to record.
 
         `done_ids` (line -> request_id of OUTPUT's records) proves a resumed stream is the same
         input, line by line, since a stream cannot be hashed before it is read.
         """
         ids = IdSet()
-        heap: list[tuple[int, int, Request]] = []
-        tie = itertools.count()
         for line, raw in enumerate(self.stream, start=1):
             if done is not None and line in done:
                 if done_ids is not None and line in done_ids:
@@ -378,14 +374,9 @@ class StreamSource:
                 item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
             if isinstance(item, InvalidLine):
                 self.invalid += 1
-                yield item
-                continue
-            self.pending += 1
-            heapq.heappush(heap, (-item.priority, next(tie), item))
-            if len(heap) >= self.window:
-                yield heapq.heappop(heap)[2]
-        while heap:
-            yield heapq.heappop(heap)[2]
+            else:
+                self.pending += 1
+            yield item
 
 
 def validate_file(path: Path, default_model: str = "gpt-4o-mini") -> tuple[int, list[InvalidLine]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .client import ApiClient
-from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items
+from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items, prioritized
 from .errors import UsageError
 from .journal import Journal, open_for_resume
 from .limits import Limits
@@ -367,8 +367,8 @@ def _source(
     tally: Tally,
 ) -> AsyncIterator[Request | InvalidLine]:
     if in_path is None:
-        stream = StreamSource(sys.stdin.buffer, cfg.model, window=cfg.stdin_window)
-        return aiter_items(stream.items(done, done_ids), threaded=True)
+        stream = StreamSource(sys.stdin.buffer, cfg.model)
+        return prioritized(stream.items(done, done_ids), window=cfg.stdin_window)
     src = FileSource(in_path, cfg.model)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     invalid: list[InvalidLine] = []
