@@ -24,18 +24,27 @@ they complete or --max-retries rounds more are spent.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import orjson
 
+from .batch_provider import Provider, ProviderError, classify_exception, make_client
+from .batch_state import (
+    BATCH_STATE_SUFFIX,
+    BatchState,
+    Pending,
+    Shard,
+    batch_state_path,
+    load_state,
+    public_url,
+)
 from .client import extract_output
 from .engine import Budget, RunOutcome, invalid_result, now_iso
 from .errors import FatalProviderError, ResumeMismatch, UsageError
@@ -45,8 +54,6 @@ from .models import ENDPOINT_PATHS, InvalidLine, Request, Result, Tally
 from .reader import Done, FileSource, file_digest, parse_line
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
-
     from .pricing import PriceBook
     from .runner import RunConfig
 
@@ -62,8 +69,6 @@ __all__ = [
     "to_openai_batch_line",
 ]
 
-BATCH_STATE_SUFFIX = ".batches.json"
-STATE_VERSION = 1
 MAX_FILE_REQUESTS = 50_000
 # OpenAI documents 200 MB; counted in decimal so a file is under the limit however they count.
 MAX_FILE_BYTES = 200_000_000
@@ -79,234 +84,8 @@ META_RUN, META_SHARD = "burstq_run", "burstq_shard"
 T = TypeVar("T")
 
 
-def batch_state_path(output: Path) -> Path:
-    return output.with_name(output.name + BATCH_STATE_SUFFIX)
-
-
 def _url(endpoint: str) -> str:
     return "/v1" + ENDPOINT_PATHS[endpoint]
-
-
-# -- state ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Pending:
-    """A request waiting for a shard: new, or carried to the next round after a failure."""
-
-    id: str
-    line: int
-    endpoint: str
-    model: str
-    round: int
-    bytes: int
-    tokens: int
-    metadata: bool = False
-    list_input: bool = False
-    error: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class Shard:
-    """One batch file and the batch made from it. `state` walks new -> uploaded -> creating ->
-    submitted -> done; `lines` (custom_id -> input line, in file order) is dropped once done."""
-
-    id: str
-    endpoint: str
-    model: str
-    round: int
-    lines: dict[str, int] = field(default_factory=dict)
-    state: str = "new"
-    file_id: str | None = None
-    uploaded_at: int | None = None
-    batch_id: str | None = None
-    status: str | None = None
-    tried: list[str] = field(default_factory=list)  # batches refused for the token limit
-    bytes: int = 0
-    tokens: int = 0
-    metadata: bool = False  # some request has metadata: re-read it from INPUT at collection
-    list_inputs: list[str] = field(default_factory=list)  # embeddings whose input is a list
-    requests: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.state != "done"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Shard:
-        return cls(**data)
-
-
-@dataclass(slots=True)
-class BatchState:
-    """Everything needed to reattach: OUTPUT.batches.json. Never holds the API key."""
-
-    run_id: str
-    input: str
-    input_sha256: str
-    base_url: str
-    next_shard: int = 1
-    shards: list[Shard] = field(default_factory=list)
-    retry: list[Pending] = field(default_factory=list)
-    group_limits: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "run_id": self.run_id,
-            "input": self.input,
-            "input_sha256": self.input_sha256,
-            "base_url": self.base_url,
-            "next_shard": self.next_shard,
-            "group_limits": self.group_limits,
-            "shards": [s.to_json() for s in self.shards],
-            "retry": [asdict(p) for p in self.retry],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BatchState:
-        return cls(
-            run_id=data["run_id"],
-            input=data["input"],
-            input_sha256=data["input_sha256"],
-            base_url=data["base_url"],
-            next_shard=data["next_shard"],
-            shards=[Shard.from_json(s) for s in data["shards"]],
-            retry=[Pending(**p) for p in data["retry"]],
-            group_limits=dict(data.get("group_limits") or {}),
-        )
-
-    def save(self, path: Path, *, fsync: bool = False) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(orjson.dumps(self.to_json()))
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-def load_state(path: Path) -> BatchState | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        data = orjson.loads(raw)
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"version {data.get('version')!r}")
-        return BatchState.from_json(data)
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
-        # Not rebuildable from OUTPUT (batch ids live only here): refuse rather than resubmit
-        # and pay twice.
-        raise UsageError(
-            f"{path} is damaged ({exc}); it records the batches of this run. "
-            "Restore it, or use --restart to start over."
-        ) from exc
-
-
-def _public_url(url: str) -> str:
-    # A base URL may carry credentials (https://user:pass@host); the state file must not.
-    scheme, sep, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    return scheme + sep + host.rpartition("@")[2] + slash + path if sep else url
-
-
-# -- the provider's control plane ---------------------------------------------------------------
-
-
-class ProviderError(Exception):
-    """A files/batches call that failed. `kind`: fatal (auth, quota), transient (retry),
-    not_found, or rejected (a 4xx that would fail again)."""
-
-    def __init__(
-        self, kind: str, message: str, *, type: str = "bad_request", status_code: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.type = type
-        self.message = message
-        self.status_code = status_code
-
-
-def _classify_exception(exc: Exception) -> ProviderError | None:
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        status, msg = exc.status_code, exc.message
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error") if isinstance(body.get("error"), dict) else body
-        code = err.get("code") if isinstance(err, dict) else None
-        if status in (401, 403):
-            return ProviderError("fatal", msg, type="auth", status_code=status)
-        if status == 429 and code == "insufficient_quota":
-            return ProviderError("fatal", msg, type="insufficient_quota", status_code=status)
-        if status == 404:
-            return ProviderError("not_found", msg, status_code=status)
-        if status in (408, 409, 429) or status >= 500:
-            return ProviderError("transient", msg, type="server_error", status_code=status)
-        return ProviderError("rejected", msg, status_code=status)
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderError("transient", f"{type(exc).__name__}: {exc}", type="connection")
-    return None
-
-
-class Provider:
-    """The files and batches calls burstq makes, as plain dicts. Tests patch these methods to
-    kill a run between any two of them."""
-
-    def __init__(self, client: AsyncOpenAI) -> None:
-        self.client = client
-
-    async def upload(self, path: Path, filename: str) -> dict[str, Any]:
-        with path.open("rb") as f:
-            obj = await self.client.files.create(
-                file=(filename, f, "application/jsonl"), purpose="batch"
-            )
-        return obj.to_dict()
-
-    async def create(
-        self, file_id: str, endpoint: str, window: str, metadata: dict[str, str]
-    ) -> dict[str, Any]:
-        # No SDK retry here: a POST whose answer was lost may have made the batch, and only a
-        # look at the batch list (BatchRun._create) can tell.
-        batch = await self.client.with_options(max_retries=0).batches.create(
-            input_file_id=file_id,
-            endpoint=endpoint,  # type: ignore[arg-type]
-            completion_window=window,  # type: ignore[arg-type]
-            metadata=metadata,
-        )
-        return batch.to_dict()
-
-    async def retrieve(self, batch_id: str) -> dict[str, Any]:
-        return (await self.client.batches.retrieve(batch_id)).to_dict()
-
-    async def find(
-        self, file_id: str, since: int | None, skip: Iterable[str]
-    ) -> dict[str, Any] | None:
-        """The batch made from `file_id` (newest first, stopping before `since`), if any."""
-        skipped = set(skip)
-        seen = 0
-        async for batch in self.client.batches.list(limit=100):
-            seen += 1
-            if batch.input_file_id == file_id and batch.id not in skipped:
-                return batch.to_dict()
-            # A batch made from this file cannot predate the file (5 min of clock slack).
-            if (since is not None and batch.created_at < since - 300) or seen >= 10_000:
-                return None
-        return None
-
-    async def download(self, file_id: str, dest: Path) -> None:
-        async with self.client.files.with_streaming_response.content(file_id) as resp:
-            with dest.open("wb") as f:
-                async for chunk in resp.iter_bytes():
-                    f.write(chunk)
-
-    async def cancel(self, batch_id: str) -> dict[str, Any]:
-        return (await self.client.batches.cancel(batch_id)).to_dict()
 
 
 # -- what a line of an output or error file means -----------------------------------------------
@@ -700,7 +479,7 @@ class BatchRun:
             try:
                 return await call()
             except Exception as exc:
-                err = _classify_exception(exc)
+                err = classify_exception(exc)
                 if err is None:
                     raise
                 if err.kind in handles:
@@ -1212,16 +991,6 @@ def _worst_case(prices: PriceBook, budget_max_tokens: int) -> Callable[[Request]
     return worst
 
 
-def _client(base_url: str, api_key: str | None, timeout: float) -> AsyncOpenAI:
-    from openai import AsyncOpenAI
-
-    # Control-plane calls (upload, create, poll) are not billed, so the SDK's own retries are
-    # fine here, unlike on the direct hot path. Uploads of 200 MB need far more than --timeout.
-    return AsyncOpenAI(
-        base_url=base_url, api_key=api_key or "sk-none", max_retries=2, timeout=max(timeout, 600.0)
-    )
-
-
 # -- entry points -------------------------------------------------------------------------------
 
 
@@ -1272,8 +1041,8 @@ async def run_via_batch(
             "input_sha256": file_digest(in_path),
         }
         # The simulated provider is new each run: its batches cannot be reattached to.
-        state_url = "simulate" if cfg.simulate else _public_url(base_url)
-        client = _client(base_url, api_key, cfg.timeout)
+        state_url = "simulate" if cfg.simulate else public_url(base_url)
+        client = make_client(base_url, api_key, cfg.timeout)
         try:
             return await _run(
                 cfg,
@@ -1405,7 +1174,7 @@ async def _cancel_active(
                 await provider.cancel(shard.batch_id)
                 cancelled.append(shard.batch_id)
             except Exception as exc:
-                if _classify_exception(exc) is None:
+                if classify_exception(exc) is None:
                     raise
                 warn(f"could not cancel batch {shard.batch_id}: {exc}")
     if cancelled:
@@ -1456,7 +1225,7 @@ async def cancel_batches(cfg: RunConfig, *, warn: Callable[[str], None]) -> list
     state = load_state(batch_state_path(Path(cfg.output)))
     if state is None:
         return []
-    client = _client(cfg.base_url or OPENAI_BASE_URL, cfg.api_key, cfg.timeout)
+    client = make_client(cfg.base_url or OPENAI_BASE_URL, cfg.api_key, cfg.timeout)
     try:
         return await _cancel_active(Provider(client), state, warn)
     finally:
