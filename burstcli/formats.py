@@ -125,3 +125,51 @@ def resume_openai_batch(
                     state.done.add(line)
     write_sidecar(output, fingerprint)
     return state
+
+
+def from_openai_batch_line(line: dict[str, Any]) -> dict[str, Any]:
+    """A Batch API output line read back as a burstq record, so `burstq stats` can read either
+    shape. The shape carries no cost, latency or line number: those stay null."""
+    response = line.get("response") if isinstance(line.get("response"), dict) else None
+    body = response.get("body") if response and isinstance(response.get("body"), dict) else {}
+    status = response.get("status_code") if response else None
+    failed = _openai_line_failed(line)
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    output = None
+    choices = body.get("choices")
+    if not failed and isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message") or {}
+        output = message.get("content") if isinstance(message, dict) else None
+    error = None
+    if failed:
+        top = line.get("error") if isinstance(line.get("error"), dict) else None
+        inner = body.get("error") if isinstance(body.get("error"), dict) else {}
+        if top is not None:
+            etype = str(top.get("code") or "unknown")
+        elif isinstance(status, int) and status == 429:
+            etype = "rate_limited"
+        elif isinstance(status, int) and status >= 500:
+            etype = "server_error"
+        else:
+            etype = "bad_request"  # burstq's name for a 4xx that would fail again
+        error = {
+            "type": etype,
+            "message": str((top or inner).get("message") or ""),
+            "status_code": status,
+        }
+    return {
+        "request_id": line.get("custom_id"),
+        "line": None,
+        "status": "failed" if failed else "completed",
+        "output": output,
+        "model": None,
+        "model_used": body.get("model"),
+        "latency_ms": None,
+        "attempts": 1,
+        "usage": usage,
+        "tokens_used": int(usage.get("total_tokens") or 0) if usage else 0,
+        "cost_usd": None,
+        "error": error,
+        "metadata": None,
+        "finished_at": None,
+    }

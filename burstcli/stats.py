@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .formats import from_openai_batch_line
 from .journal import iter_records
 
 PERCENTILES = (50, 90, 99)
@@ -138,7 +139,9 @@ def _timestamp(value: str) -> float | None:
 def _read(paths: Sequence[Path]) -> Iterable[dict[str, Any]]:
     for path in paths:
         try:
-            yield from iter_records(path)
+            for rec in iter_records(path):
+                # `--output-format openai-batch` files hold Batch API lines: read them as records.
+                yield from_openai_batch_line(rec) if "custom_id" in rec else rec
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 

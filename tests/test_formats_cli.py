@@ -75,3 +75,22 @@ def test_batch_status_and_cancel(tmp_path: Path, server) -> None:
     assert res.exit_code == 0 and "cancelled 0 batch" in res.stderr
     res = run_cli(["batch", "status", str(tmp_path / "nope.jsonl")])
     assert res.exit_code == 2
+
+
+def test_stats_reads_openai_batch_output(tmp_path: Path, server) -> None:
+    srv = server()
+    rows = [{"id": f"o{i}", "input": f"format {i}"} for i in range(4)]
+    rows.append({"id": "bad", "input": "[[mock:400]] x"})
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert run_cli(run_args(srv, inp, out, "--output-format", "openai-batch")).exit_code == 1
+    res = run_cli(["stats", str(out), "--json"])
+    assert res.exit_code == 0
+    figures = json.loads(res.stdout)
+    assert figures["status"] == {"completed": 4, "failed": 1}
+    assert figures["tokens"]["total"] == sum(
+        r["response"]["body"]["usage"]["total_tokens"]
+        for r in read_jsonl(out)
+        if r["response"]["status_code"] == 200
+    )
+    assert figures["errors"] == {"bad_request": 1}
