@@ -143,7 +143,7 @@ def from_openai_batch_line(line: dict[str, Any]) -> dict[str, Any]:
     error = None
     if failed:
         top = line.get("error") if isinstance(line.get("error"), dict) else None
-        inner = body.get("error") if isinstance(body.get("error"), dict) else {}
+        inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
         if top is not None:
             etype = str(top.get("code") or "unknown")
         elif isinstance(status, int) and status == 429:
@@ -154,7 +154,7 @@ def from_openai_batch_line(line: dict[str, Any]) -> dict[str, Any]:
             etype = "bad_request"  # burstq's name for a 4xx that would fail again
         error = {
             "type": etype,
-            "message": str((top or inner).get("message") or ""),
+            "message": str((top if top is not None else inner).get("message") or ""),
             "status_code": status,
         }
     return {
