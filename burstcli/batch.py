@@ -46,7 +46,7 @@ from .batch_state import (
     public_url,
 )
 from .client import extract_output
-from .engine import Budget, RunOutcome, invalid_result, now_iso
+from .engine import Budget, RunOutcome, invalid_result, now_iso, worst_case
 from .errors import FatalProviderError, ResumeMismatch, UsageError
 from .formats import resume_openai_batch, to_openai_batch_line
 from .journal import Journal, open_for_resume
@@ -74,7 +74,6 @@ MAX_FILE_REQUESTS = 50_000
 MAX_FILE_BYTES = 200_000_000
 OUTPUT_FORMATS = ("burstq", "openai-batch")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-MESSAGE_OVERHEAD_TOKENS = 4
 CONTROL_ATTEMPTS = 8  # per files/batches call, on top of the SDK's own 2 retries
 JOURNAL_CHUNK = 1000
 # Metadata lets a person find burstq's batches in the dashboard; the run id is also how a
@@ -973,24 +972,6 @@ def _pendings(shard: Shard) -> list[Pending]:
     ]
 
 
-def _worst_case(prices: PriceBook, budget_max_tokens: int) -> Callable[[Request], float | None]:
-    from .pricing import worst_case_cost
-
-    def worst(req: Request) -> float | None:
-        price = prices.price(req.model)
-        if price is None:
-            return None
-        prompt = req.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * req.n_messages + 3
-        completion = (
-            0
-            if req.endpoint == "embeddings"
-            else (req.max_tokens or budget_max_tokens) * int(req.body.get("n") or 1)
-        )
-        return worst_case_cost(price, prompt, completion, batch=True)
-
-    return worst
-
-
 # -- entry points -------------------------------------------------------------------------------
 
 
@@ -1126,7 +1107,7 @@ async def _run(
         base_url=state_url,
     )
     budget = (
-        Budget(cfg.max_cost, _worst_case(prices, cfg.budget_max_tokens))
+        Budget(cfg.max_cost, worst_case(prices, cfg.budget_max_tokens, batch=True))
         if cfg.max_cost is not None
         else None
     )

@@ -25,6 +25,7 @@ from .errors import FatalProviderError, UsageError
 from .journal import Journal
 from .limits import Limits
 from .models import InvalidLine, Request, Result, Tally
+from .pricing import PriceBook, worst_case_cost
 
 StopReason = Literal["done", "budget", "interrupted", "fatal"]
 PriceFn = Callable[[str, dict[str, Any] | None], float | None]
@@ -75,6 +76,24 @@ def invalid_result(item: InvalidLine) -> Result:
         },
         finished_at=now_iso(),
     )
+
+
+def worst_case(prices: PriceBook, assumed_max_tokens: int, *, batch: bool = False) -> ReserveFn:
+    """What --max-cost reserves for a request: every prompt token bound (UTF-8 bytes) at the
+    uncached rate plus its whole completion allowance; None when the price is unknown."""
+
+    def reserve(req: Request) -> float | None:
+        price = prices.price(req.model)
+        if price is None:
+            return None
+        return worst_case_cost(
+            price,
+            req.prompt_tokens_upper,
+            req.completion_tokens_upper(assumed_max_tokens),
+            batch=batch,
+        )
+
+    return reserve
 
 
 class Budget:

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import InvalidLine
+from .models import MESSAGE_OVERHEAD_TOKENS, InvalidLine
 from .pricing import ModelPrice, PriceBook, worst_case_cost
 from .reader import FileSource
-
-MESSAGE_OVERHEAD_TOKENS = 4
 
 
 @dataclass(slots=True)
@@ -52,15 +50,12 @@ def estimate(
         t = per.setdefault(req.model, _ModelTotals())
         t.requests += 1
         t.endpoints.add(req.endpoint)
-        overhead = MESSAGE_OVERHEAD_TOKENS * req.n_messages
-        t.prompt_tokens += -(-req.prompt_chars // 4) + overhead
-        t.prompt_upper += req.prompt_bytes + overhead + 3
+        t.prompt_tokens += -(-req.prompt_chars // 4) + MESSAGE_OVERHEAD_TOKENS * req.n_messages
+        t.prompt_upper += req.prompt_tokens_upper
         t.rate_tokens += req.est_tokens
-        if req.endpoint == "chat":
-            n = int(req.body.get("n") or 1)
-            worst = (req.max_tokens or assume_max_tokens) * n
-            t.completion_worst += worst
-            t.completion_typical += min(worst // 2, typical_cap * n)
+        worst = req.completion_tokens_upper(assume_max_tokens)
+        t.completion_worst += worst
+        t.completion_typical += min(worst // 2, typical_cap * int(req.body.get("n") or 1))
     models: list[dict[str, Any]] = []
     low_total = high_total = 0.0
     unpriced: list[str] = []

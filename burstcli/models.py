@@ -17,6 +17,7 @@ BATCH_URLS: dict[str, Endpoint] = {
     "/v1/embeddings": "embeddings",
 }
 ENDPOINT_PATHS: dict[str, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
 
 
 # strict: what validation accepts is exactly what is sent ("0.5" is not quietly made 0.5), so
@@ -95,6 +96,17 @@ class Request:
         """OpenAI's own rate-limit estimate: prompt characters / 4 plus max_tokens (times n)."""
         n = int(self.body.get("n") or 1)
         return self.prompt_chars // 4 + 1 + (self.max_tokens or 0) * n
+
+    @property
+    def prompt_tokens_upper(self) -> int:
+        """A bound no tokenizer exceeds: one token per UTF-8 byte, plus message overheads."""
+        return self.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * self.n_messages + 3
+
+    def completion_tokens_upper(self, assumed_max_tokens: int) -> int:
+        """max_tokens (or the assumption when the line sets none) times n; 0 for embeddings."""
+        if self.endpoint == "embeddings":
+            return 0
+        return (self.max_tokens or assumed_max_tokens) * int(self.body.get("n") or 1)
 
 
 @dataclass(slots=True)

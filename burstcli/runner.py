@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .client import ApiClient
-from .engine import Budget, Engine, EngineConfig, RunOutcome, aiter_items, prioritized
+from .engine import (
+    Budget,
+    Engine,
+    EngineConfig,
+    RunOutcome,
+    aiter_items,
+    prioritized,
+    worst_case,
+)
 from .errors import UsageError
 from .journal import Journal, open_for_resume
 from .limits import Limits
@@ -29,7 +37,6 @@ if TYPE_CHECKING:
     from .pricing import PriceBook
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
 
 
 @dataclass(slots=True)
@@ -124,7 +131,6 @@ def execute(cfg: RunConfig, *, on_ready: Callable[[Engine], None] | None = None)
 
 
 async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) -> RunReport:
-    from .pricing import worst_case_cost
 
     started = time.monotonic()
     warnings: list[str] = []
@@ -222,19 +228,9 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         concurrency_given=cfg.concurrency_given,
     )
 
-    def worst_case(req: Request) -> float | None:
-        price = prices.price(req.model)
-        if price is None:
-            return None
-        prompt = req.prompt_bytes + MESSAGE_OVERHEAD_TOKENS * req.n_messages + 3
-        completion = (
-            0
-            if req.endpoint == "embeddings"
-            else (req.max_tokens or cfg.budget_max_tokens) * int(req.body.get("n") or 1)
-        )
-        return worst_case_cost(price, prompt, completion)
-
-    budget = Budget(cfg.max_cost, worst_case, spent_before) if cfg.max_cost is not None else None
+    budget = None
+    if cfg.max_cost is not None:
+        budget = Budget(cfg.max_cost, worst_case(prices, cfg.budget_max_tokens), spent_before)
     config = EngineConfig(
         fallback_models=cfg.fallback_models,
         max_retries=cfg.max_retries,
