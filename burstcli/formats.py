@@ -9,21 +9,10 @@ custom_ids against INPUT's request ids instead of using the done bitmap.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from .errors import UsageError
-from .journal import (
-    ResumeState,
-    check_fingerprint,
-    read_sidecar,
-    repair_tail,
-    sidecar_path,
-    write_sidecar,
-)
+from .journal import RecordShape, ResumeState, open_for_resume
 from .reader import parse_line
 
 
@@ -74,46 +63,17 @@ def resume_openai_batch(
 ) -> ResumeState:
     """open_for_resume for an OUTPUT in the Batch API shape, which has no line numbers: the
     done lines are found by matching custom_ids against INPUT's request ids."""
-    side = sidecar_path(output)
-    if restart:
-        for p in (output, side):
-            p.unlink(missing_ok=True)
-    state = ResumeState()
-    if output.exists() and output.stat().st_size > 0:
-        old = read_sidecar(side)
-        if old is not None:
-            check_fingerprint(output, old, fingerprint)
-        state.repaired_bytes = repair_tail(output)
-        counts: dict[str, int] = {}
-        kept: list[bytes] = []
-        with output.open("rb") as f:
-            for n, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = orjson.loads(raw)
-                    cid = str(rec["custom_id"])
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise UsageError(
-                        f"{output}:{n}: not a Batch API output line ({exc}); "
-                        "refusing to resume over it. Use --restart to start "
-                        "over, or another -o OUTPUT."
-                    ) from exc
-                failed = _openai_line_failed(rec)
-                if failed and retry_failed:
-                    state.dropped_failed += 1
-                    continue
-                if retry_failed:
-                    kept.append(raw)
-                counts[cid] = counts.get(cid, 0) + 1
-                if failed:
-                    state.failed += 1
-                else:
-                    state.completed += 1
-        if state.dropped_failed:
-            tmp = output.with_name(output.name + ".tmp")
-            tmp.write_bytes(b"".join(kept))
-            os.replace(tmp, output)
+    counts: dict[str, int] = {}
+
+    def take(rec: dict[str, Any]) -> None:
+        cid = str(rec["custom_id"])
+        counts[cid] = counts.get(cid, 0) + 1
+
+    shape = RecordShape("Batch API output line", take, _openai_line_failed)
+    state = open_for_resume(
+        output, fingerprint, restart=restart, retry_failed=retry_failed, shape=shape
+    )
+    if counts:
         with input_path.open("rb") as f:
             for line, raw in enumerate(f, start=1):
                 item = parse_line(raw, line, default_model)
@@ -123,7 +83,6 @@ def resume_openai_batch(
                 if counts.get(rid, 0) > 0:
                     counts[rid] -= 1
                     state.done.add(line)
-    write_sidecar(output, fingerprint)
     return state
 
 

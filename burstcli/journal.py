@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -83,7 +83,7 @@ class ResumeState:
         return self.completed + self.failed
 
 
-def read_sidecar(path: Path) -> dict[str, Any] | None:
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
     try:
         data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -105,7 +105,7 @@ def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
     os.replace(tmp, side)
 
 
-def check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     if (
         old.get("input_sha256")
         and new.get("input_sha256")
@@ -127,6 +127,17 @@ def check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) ->
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RecordShape:
+    """How to read one line of OUTPUT when resuming: `take(rec)` registers a kept record
+    (raising KeyError, TypeError or ValueError when the line is not of this shape) and
+    `failed(rec)` tells a failed one, for --retry-failed."""
+
+    name: str
+    take: Callable[[dict[str, Any]], None]
+    failed: Callable[[dict[str, Any]], bool]
+
+
 def open_for_resume(
     output: Path,
     fingerprint: dict[str, Any],
@@ -134,21 +145,36 @@ def open_for_resume(
     restart: bool = False,
     retry_failed: bool = False,
     keep_ids: bool = False,
+    shape: RecordShape | None = None,
 ) -> ResumeState:
-    """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done."""
+    """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done.
+
+    By default OUTPUT holds burstq records, found done by their line number; another `shape`
+    (formats.py's Batch API lines) registers its records itself.
+    """
     side = sidecar_path(output)
     if restart:
         for p in (output, side):
             p.unlink(missing_ok=True)
     state = ResumeState(ids={} if keep_ids else None)
     if output.exists() and output.stat().st_size > 0:
-        old = read_sidecar(side)
+        old = _read_sidecar(side)
         if old is not None:
-            check_fingerprint(output, old, fingerprint)
-        state.repaired_bytes = repair_tail(output)
-        _scan(output, state, retry_failed)
+            _check_fingerprint(output, old, fingerprint)
+        state.repaired_bytes = _repair_tail(output)
+        _scan(output, state, retry_failed, shape or _burstq_shape(state))
     write_sidecar(output, fingerprint)
     return state
+
+
+def _burstq_shape(state: ResumeState) -> RecordShape:
+    def take(rec: dict[str, Any]) -> None:
+        line = int(rec["line"])
+        state.done.add(line)
+        if state.ids is not None:
+            state.ids[line] = str(rec.get("request_id"))
+
+    return RecordShape("burstq record", take, lambda rec: rec["status"] == "failed")
 
 
 def _last_newline_before(f: IO[bytes], pos: int) -> int:
@@ -164,7 +190,7 @@ def _last_newline_before(f: IO[bytes], pos: int) -> int:
     return -1
 
 
-def repair_tail(output: Path) -> int:
+def _repair_tail(output: Path) -> int:
     """Cut a torn last line (no newline, or not valid JSON) left by a hard kill."""
     size = output.stat().st_size
     with output.open("rb+") as f:
@@ -184,7 +210,7 @@ def repair_tail(output: Path) -> int:
         return size - keep
 
 
-def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
+def _scan(output: Path, state: ResumeState, retry_failed: bool, shape: RecordShape) -> None:
     # With --retry-failed, failed records are replaced, not duplicated: the kept ones stream
     # into a temporary file that atomically replaces OUTPUT.
     tmp = output.with_name(output.name + ".tmp")
@@ -196,28 +222,31 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool) -> None:
                     continue
                 try:
                     rec = orjson.loads(raw)
-                    line = int(rec["line"])
-                    status = rec["status"]
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    failed = shape.failed(rec)
+                    if failed and retry_failed:
+                        state.dropped_failed += 1
+                        continue
+                    shape.take(rec)
+                except (
+                    orjson.JSONDecodeError,
+                    AttributeError,
+                    KeyError,
+                    TypeError,
+                    ValueError,
+                ) as exc:
                     raise InputError(
-                        f"{output}:{n}: not a burstq record ({exc}); refusing to resume over "
+                        f"{output}:{n}: not a {shape.name} ({exc}); refusing to resume over "
                         "it. Use --restart to start over, or another -o OUTPUT."
                     ) from exc
-                if status == "failed" and retry_failed:
-                    state.dropped_failed += 1
-                    continue
                 if kept is not None:
                     kept.write(raw)
-                state.done.add(line)
-                if state.ids is not None:
-                    state.ids[line] = str(rec.get("request_id"))
                 cost = rec.get("cost_usd")
                 if isinstance(cost, int | float):
                     state.cost_usd += cost
-                if status == "completed":
-                    state.completed += 1
-                else:
+                if failed:
                     state.failed += 1
+                else:
+                    state.completed += 1
         if kept is not None:
             kept.flush()
             os.fsync(kept.fileno())
