@@ -54,6 +54,44 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+# Options several commands share, declared once so their names, variables and help agree.
+ModelOpt = Annotated[
+    str, typer.Option(envvar=_env("model"), help="Model for lines that name none.")
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=[_env("base_url"), "OPENAI_BASE_URL"],
+        help="OpenAI-compatible API base URL (vLLM, llama.cpp, a proxy...).",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=[_env("api_key"), "OPENAI_API_KEY"],
+        show_default=False,
+        help="API key (default: $OPENAI_API_KEY). Never written anywhere.",
+    ),
+]
+BudgetMaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("budget_max_tokens"),
+        min=1,
+        help="Completion tokens reserved (for --max-cost) or assumed (by estimate) for a "
+        "request without max_tokens.",
+    ),
+]
+PricesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("prices"),
+        help="TOML or JSON file of per-model prices (USD per 1M tokens) that override or "
+        "add to genai-prices.",
+    ),
+]
+
+
 def _resume_hint(api_key: str | None) -> str:
     argv = ["burstq", *sys.argv[1:]]
     out: list[str] = []
@@ -87,9 +125,7 @@ def run(
             ".responses.jsonl (stdout when INPUT is '-').",
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option(envvar=_env("model"), help="Model for lines that name none.")
-    ] = "gpt-4o-mini",
+    model: ModelOpt = "gpt-4o-mini",
     fallback_model: Annotated[
         list[str] | None,
         typer.Option(
@@ -137,21 +173,8 @@ def run(
     timeout: Annotated[
         float, typer.Option(envvar=_env("timeout"), min=0.001, help="Seconds per attempt.")
     ] = 60.0,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar=[_env("base_url"), "OPENAI_BASE_URL"],
-            help="OpenAI-compatible API base URL (vLLM, llama.cpp, a proxy...).",
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar=[_env("api_key"), "OPENAI_API_KEY"],
-            show_default=False,
-            help="API key (default: $OPENAI_API_KEY). Never written anywhere.",
-        ),
-    ] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     max_cost: Annotated[
         float | None,
         typer.Option(
@@ -161,22 +184,8 @@ def run(
             "with a higher cap to continue.",
         ),
     ] = None,
-    budget_max_tokens: Annotated[
-        int,
-        typer.Option(
-            envvar=_env("budget_max_tokens"),
-            min=1,
-            help="Completion tokens reserved against --max-cost for a request without max_tokens.",
-        ),
-    ] = 4096,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=_env("prices"),
-            help="TOML or JSON file of per-model prices (USD per 1M tokens) that override or "
-            "add to genai-prices.",
-        ),
-    ] = None,
+    budget_max_tokens: BudgetMaxTokensOpt = 4096,
+    prices: PricesOpt = None,
     retry_failed: Annotated[
         bool,
         typer.Option(
@@ -437,9 +446,7 @@ def validate(
 @_boundary
 def estimate(
     input: Annotated[Path, typer.Argument(help="Request file (JSONL).")],
-    model: Annotated[
-        str, typer.Option(envvar=_env("model"), help="Model for lines that name none.")
-    ] = "gpt-4o-mini",
+    model: ModelOpt = "gpt-4o-mini",
     rpm: Annotated[
         float | None,
         typer.Option(envvar=_env("rpm"), min=0.001, help="Requests/minute you will run at."),
@@ -457,20 +464,8 @@ def estimate(
         float,
         typer.Option(min=0.001, help="Assumed seconds per request, for the concurrency bound."),
     ] = 1.0,
-    budget_max_tokens: Annotated[
-        int,
-        typer.Option(
-            envvar=_env("budget_max_tokens"),
-            min=1,
-            help="Completion tokens assumed for a line without max_tokens.",
-        ),
-    ] = 4096,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=_env("prices"), help="TOML or JSON per-model prices (USD per 1M tokens)."
-        ),
-    ] = None,
+    budget_max_tokens: BudgetMaxTokensOpt = 4096,
+    prices: PricesOpt = None,
     batch: Annotated[bool, typer.Option("--batch", help="Price at Batch API rates.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
@@ -662,17 +657,8 @@ def batch_status(
 @_boundary
 def batch_cancel(
     output: Annotated[Path, typer.Argument(help="OUTPUT of a `burstq run --via batch`.")],
-    base_url: Annotated[
-        str | None, typer.Option(envvar=[_env("base_url"), "OPENAI_BASE_URL"], help="API base URL.")
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar=[_env("api_key"), "OPENAI_API_KEY"],
-            show_default=False,
-            help="API key (default: $OPENAI_API_KEY).",
-        ),
-    ] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Cancel the run's batches still running at the provider.
 
