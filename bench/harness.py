@@ -273,9 +273,10 @@ def write_done_output(inp: Path, out: Path, n_done: int) -> None:
     journal.write_sidecar with the fingerprint runner._execute builds (input as given,
     input_sha256, runner.shaping of the default options), so the rerun accepts it as its own.
     """
-    from burstcli.journal import write_sidecar
-    from burstcli.reader import file_digest
-    from burstcli.runner import RunConfig, shaping
+    from burstcli.config import RunConfig
+    from burstcli.files.journal import write_sidecar
+    from burstcli.files.reader import file_digest
+    from burstcli.run import shaping
 
     chunk = 50_000
     with out.open("wb") as f:

@@ -6,9 +6,12 @@ Pydantic validates what users write; inside, `@dataclass(slots=True)` keeps the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from .errors import FatalProviderError
 
 Endpoint = Literal["chat", "embeddings"]
 
@@ -218,3 +221,34 @@ class Tally:
             self.cost_usd += result.cost_usd
         elif result.status == "completed":
             self.unpriced += 1
+
+
+StopReason = Literal["done", "budget", "interrupted", "fatal"]
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    reason: StopReason
+    tally: Tally
+    signal: int | None = None
+    error: FatalProviderError | None = None
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def invalid_result(item: InvalidLine) -> Result:
+    return Result(
+        request_id=item.id or f"line-{item.line}",
+        line=item.line,
+        status="failed",
+        model=None,
+        attempts=0,
+        error={
+            "type": "invalid_request",
+            "message": f"line {item.line}: {item.message}",
+            "status_code": None,
+        },
+        finished_at=now_iso(),
+    )

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from burstcli.cli import app
-from burstcli.mock_server import MockConfig, ThreadedMockServer
+from burstcli.mock.server import MockConfig, ThreadedMockServer
 
 TEST_KEY = "sk-test-0123456789abcdefSECRET"
 

@@ -1,4 +1,4 @@
-"""Batch API mode end to end: run_via_batch -> openai SDK -> HTTP on loopback -> the mock's
+"""Batch API mode end to end: run_batch -> openai SDK -> HTTP on loopback -> the mock's
 /v1/files and /v1/batches, with kills at the awkward instants and resumes after them."""
 
 from __future__ import annotations
@@ -14,19 +14,16 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
-from burstcli.batch import (
-    BatchRun,
-    Provider,
-    batch_state_path,
-    describe_batches,
-    run_via_batch,
-    to_openai_batch_line,
-)
-from burstcli.engine import RunOutcome
-from burstcli.mock_server import ThreadedMockServer
-from burstcli.models import Tally
-from burstcli.pricing import PriceBook
-from burstcli.runner import RunConfig
+from burstcli.batch.driver import BatchRun
+from burstcli.batch.jobs import describe_batches
+from burstcli.batch.provider import Provider
+from burstcli.batch.state import batch_state_path
+from burstcli.config import RunConfig
+from burstcli.files.formats import to_openai_batch_line
+from burstcli.mock.server import ThreadedMockServer
+from burstcli.models import RunOutcome, Tally
+from burstcli.money.pricing import PriceBook
+from burstcli.run import run_batch
 
 from .conftest import TEST_KEY, read_jsonl, write_jsonl
 
@@ -67,7 +64,7 @@ def cfg_for(srv: ThreadedMockServer, inp: Path, out: Path, **kw: Any) -> RunConf
 async def run(cfg: RunConfig, **kw: Any) -> tuple[RunOutcome, Tally, list[str]]:
     tally = Tally()
     warnings: list[str] = []
-    outcome = await run_via_batch(cfg, tally=tally, warn=warnings.append, poll_interval=POLL, **kw)
+    outcome = await run_batch(cfg, tally=tally, warn=warnings.append, poll_interval=POLL, **kw)
     return outcome, tally, warnings
 
 
@@ -438,7 +435,7 @@ async def test_simulate(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     cfg: RunConfig = BatchConfig(input=str(inp), output=str(out), simulate=True)
     tally = Tally()
-    outcome = await run_via_batch(cfg, tally=tally, warn=lambda m: None, poll_interval=0.1)
+    outcome = await run_batch(cfg, tally=tally, warn=lambda m: None, poll_interval=0.1)
     assert outcome.reason == "done"
     assert read_jsonl(out)[0]["output"] == "echo: offline"
     assert state_of(out)["base_url"] == "simulate"

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from burstcli.client import ApiClient, CallError, extract_output
+from burstcli.files.answers import extract_output
+from burstcli.live.client import ApiClient, CallError
 
 KEY = "sk-proj-client-test-KEY-9f8e7d6c5b4a"
 CHAT_BODY = {"messages": [{"role": "user", "content": "hi"}]}

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from burstcli.errors import InputError, ResumeMismatch
-from burstcli.journal import Journal, iter_records, open_for_resume, sidecar_path
+from burstcli.files.journal import Journal, iter_records, open_for_resume, sidecar_path
 
 FP: dict[str, Any] = {
     "input": "in.jsonl",

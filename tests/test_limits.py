@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from burstcli.limits import (
+from burstcli.live.limits import (
     BACKOFF_FACTOR,
     BURST_SECONDS,
     HEADER_MARGIN,

@@ -1,4 +1,4 @@
-"""Tests for burstcli.metrics: the file is parsed back with prometheus_client's own parser.
+"""Tests for burstcli.observe.metrics: the file is parsed back with prometheus_client's own parser.
 
 Pushes go to a real HTTP server on loopback (and to a closed port), never to the network.
 """
@@ -19,9 +19,9 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from burstcli.limits import LimitsSnapshot
-from burstcli.metrics import Metrics
+from burstcli.live.limits import LimitsSnapshot
 from burstcli.models import Result, Tally
+from burstcli.observe.metrics import Metrics
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 PROMPT = "PROMPT-TEXT-never-in-metrics"

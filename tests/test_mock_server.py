@@ -1,4 +1,4 @@
-"""Tests for the OpenAI-compatible mock server (burstcli.mock_server)."""
+"""Tests for the OpenAI-compatible mock server (burstcli.mock.server)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
-from burstcli.mock_server import (
+from burstcli.mock.server import (
     STATE_KEY,
     MockConfig,
     MockServer,
@@ -505,7 +505,7 @@ def test_serve_prints_url_and_stops_on_sigint() -> None:
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     code = (
-        "from burstcli.mock_server import MockConfig, serve; "
+        "from burstcli.mock.server import MockConfig, serve; "
         "serve(MockConfig(), host='127.0.0.1', port=0)"
     )
     proc = subprocess.Popen(

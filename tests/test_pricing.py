@@ -1,4 +1,4 @@
-"""Tests for burstcli.pricing: costs against hand-computed genai-prices figures, overrides."""
+"""Tests for burstcli.money.pricing: costs against hand-computed genai-prices figures, overrides."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from genai_prices import Usage, calc_price
 
-from burstcli import pricing
-from burstcli.pricing import ModelPrice, PriceBook, PricesFileError, worst_case_cost
+from burstcli.money import pricing
+from burstcli.money.pricing import ModelPrice, PriceBook, PricesFileError, worst_case_cost
 
 # genai-prices 0.2.x figures (USD per 1M tokens) the hand-computed numbers below rely on:
 #   gpt-4o-mini            input 0.15, output 0.60, cache read 0.075; batch 0.075 / 0.30
@@ -209,7 +209,7 @@ def test_unknown_model_returns_none_and_warns_once(book: PriceBook, warns: Warni
 
 
 def test_default_warn_goes_to_logging(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="burstcli.pricing"):
+    with caplog.at_level(logging.WARNING, logger="burstcli.money.pricing"):
         assert PriceBook().cost("my-llama", chat_usage(1, 1)) is None
     assert "no price known for model 'my-llama'" in caplog.text
 

@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from burstcli.models import InvalidLine, Request
-from burstcli.reader import (
+from burstcli.files.reader import (
     Done,
     FileSource,
     IdSet,
@@ -18,6 +17,7 @@ from burstcli.reader import (
     parse_line,
     validate_file,
 )
+from burstcli.models import InvalidLine, Request
 
 from .conftest import write_jsonl
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from burstcli.mock_server import ThreadedMockServer
+from burstcli.mock.server import ThreadedMockServer
 
 from .conftest import TEST_KEY, read_jsonl, run_args, run_cli, write_jsonl
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from burstcli.mock_server import MockConfig, ThreadedMockServer
+from burstcli.mock.server import MockConfig, ThreadedMockServer
 
 from .conftest import TEST_KEY, read_jsonl, run_args, run_cli, write_jsonl
 

@@ -1,4 +1,4 @@
-"""Tests for burstcli.stats and burstcli.statsview: every figure against hand-computed values.
+"""Tests for observe.stats and observe.statsview: every figure against hand-computed values.
 
 The fixture files are written record by record below; the expected numbers in each test are
 worked out by hand in the comments beside them, never by calling the code under test.
@@ -15,8 +15,8 @@ import pytest
 from rich.console import Console
 
 from burstcli.errors import InputError
-from burstcli.stats import TIMELINE_BINS, compute, nearest_rank
-from burstcli.statsview import bar, render, sparkline
+from burstcli.observe.stats import TIMELINE_BINS, compute, nearest_rank
+from burstcli.observe.statsview import bar, render, sparkline
 
 
 def rec(

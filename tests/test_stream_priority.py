@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import orjson
 
-from burstcli.engine import prioritized
+from burstcli.files.reader import parse_line
+from burstcli.live.engine import prioritized
 from burstcli.models import InvalidLine, Request
-from burstcli.reader import parse_line
 
 
 def req(i: int, prio: int) -> Request:

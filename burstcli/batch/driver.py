@@ -24,50 +24,40 @@ they complete or --max-retries rounds more are spent.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from .batch_provider import Provider, ProviderError, classify_exception, make_client
-from .batch_state import (
-    BATCH_STATE_SUFFIX,
-    BatchState,
-    Pending,
-    Shard,
-    batch_state_path,
-    load_state,
-    public_url,
+from ..config import JobSpec
+from ..errors import FatalProviderError, UsageError
+from ..files.answers import extract_output
+from ..files.formats import to_openai_batch_line
+from ..files.journal import Journal
+from ..files.reader import Done, FileSource, parse_line
+from ..models import InvalidLine, Request, Result, RunOutcome, Tally, invalid_result, now_iso
+from ..money.budget import Budget
+from .lines import (
+    LineOutcome,
+    Verdict,
+    batch_failure,
+    batch_line,
+    classify_line,
+    endpoint_url,
+    entries,
+    latency_ms,
+    pending,
+    pending_of,
+    pendings,
 )
-from .client import extract_output
-from .engine import Budget, RunOutcome, invalid_result, now_iso, worst_case
-from .errors import FatalProviderError, ResumeMismatch, UsageError
-from .formats import resume_openai_batch, to_openai_batch_line
-from .journal import Journal, open_for_resume
-from .models import ENDPOINT_PATHS, InvalidLine, Request, Result, Tally
-from .reader import Done, FileSource, file_digest, parse_line
+from .provider import Provider, ProviderError, classify_exception
+from .state import BatchState, Pending, Shard
 
 if TYPE_CHECKING:
-    from .pricing import PriceBook
-    from .runner import RunConfig
-
-__all__ = [
-    "BATCH_STATE_SUFFIX",
-    "MAX_FILE_BYTES",
-    "MAX_FILE_REQUESTS",
-    "BatchRun",
-    "batch_state_path",
-    "cancel_batches",
-    "describe_batches",
-    "run_via_batch",
-    "to_openai_batch_line",
-]
+    from ..money.pricing import PriceBook
+    from .jobs import BatchSettings
 
 MAX_FILE_REQUESTS = 50_000
 # OpenAI documents 200 MB; counted in decimal so a file is under the limit however they count.
@@ -83,125 +73,7 @@ META_RUN, META_SHARD = "burstq_run", "burstq_shard"
 T = TypeVar("T")
 
 
-def _url(endpoint: str) -> str:
-    return "/v1" + ENDPOINT_PATHS[endpoint]
-
-
-# -- what a line of an output or error file means -----------------------------------------------
-
-
-Verdict = Literal["completed", "retry", "failed"]
-
-
-@dataclass(slots=True)
-class LineOutcome:
-    verdict: Verdict
-    error: dict[str, Any] | None = None
-    body: dict[str, Any] | None = None
-    status_code: int = 0
-    request_id: str | None = None
-    line_id: str | None = None
-
-
-def _http_error(status: int, body: Any) -> tuple[Verdict, dict[str, Any]]:
-    err = body.get("error") if isinstance(body, dict) else None
-    message = (
-        str(err.get("message"))
-        if isinstance(err, dict) and err.get("message")
-        else f"HTTP {status}"
-    )
-    code = err.get("code") if isinstance(err, dict) else None
-    kind: str
-    verdict: Verdict
-    # The same taxonomy as client.py: only what can succeed later is resubmitted.
-    if status in (401, 403):
-        kind, verdict = "auth", "failed"
-    elif status == 429 and code == "insufficient_quota":
-        kind, verdict = "insufficient_quota", "failed"
-    elif status == 429:
-        kind, verdict = "rate_limited", "retry"
-    elif status == 408:
-        kind, verdict = "timeout", "retry"
-    elif status == 409 or status >= 500:
-        kind, verdict = "server_error", "retry"
-    elif status == 413:
-        kind, verdict = "request_too_large", "failed"
-    else:
-        kind, verdict = "bad_request", "failed"
-    return verdict, {"type": kind, "message": message, "status_code": status}
-
-
-def classify_line(entry: dict[str, Any], endpoint: str) -> LineOutcome:
-    """Success, resubmit or give up, for one line of a batch's output or error file."""
-    line_id = entry.get("id") if isinstance(entry.get("id"), str) else None
-    err = entry.get("error")
-    response = entry.get("response")
-    if isinstance(err, dict) and err:
-        code, message = err.get("code"), str(err.get("message") or "")
-        kind = "batch_expired" if code == "batch_expired" else "batch_error"
-        text = message if code == "batch_expired" else f"{code}: {message}"
-        return LineOutcome(
-            "retry", {"type": kind, "message": text, "status_code": None}, line_id=line_id
-        )
-    if not isinstance(response, dict):
-        return LineOutcome(
-            "retry",
-            {
-                "type": "malformed_response",
-                "message": "a batch line with neither response nor error",
-                "status_code": None,
-            },
-            line_id=line_id,
-        )
-    status = response.get("status_code")
-    body = response.get("body")
-    rid = response.get("request_id") if isinstance(response.get("request_id"), str) else None
-    out = LineOutcome(
-        "completed",
-        None,
-        body if isinstance(body, dict) else None,
-        status if isinstance(status, int) else 0,
-        rid,
-        line_id,
-    )
-    # An HTTP error inside `response` is a failure even though `error` is null.
-    if not isinstance(status, int) or status >= 400:
-        out.verdict, out.error = _http_error(status if isinstance(status, int) else 500, body)
-        return out
-    problem = _body_problem(body, endpoint)
-    if problem is not None:
-        out.verdict = "retry"
-        out.error = {"type": problem[0], "message": problem[1], "status_code": status}
-    return out
-
-
-def _body_problem(body: Any, endpoint: str) -> tuple[str, str] | None:
-    if not isinstance(body, dict):
-        return "malformed_response", "a 200 answer that is not a JSON object"
-    if endpoint == "embeddings":
-        items = body.get("data")
-        if (
-            not isinstance(items, list)
-            or not items
-            or not all(isinstance(i, dict) and "embedding" in i for i in items)
-        ):
-            return "malformed_response", "answer has no data[].embedding"
-        return None
-    choices = body.get("choices")
-    if (
-        not isinstance(choices, list)
-        or not choices
-        or not isinstance(choices[0], dict)
-        or not isinstance(choices[0].get("message"), dict)
-    ):
-        return "malformed_response", "answer has no choices[0].message"
-    output, _ = extract_output("chat", body)
-    if not (output or "").strip():
-        return "empty_response", "the completion was empty"
-    return None
-
-
-# -- the run ------------------------------------------------------------------------------------
+# -- the run -------------------------------------------------------------------------------------
 
 
 class _Stopped(Exception):
@@ -214,50 +86,12 @@ class _Fatal(Exception):
         self.error = error
 
 
-@dataclass(slots=True)
-class BatchSettings:
-    batch_size: int
-    completion_window: str
-    output_format: str
-    max_rounds: int
-    poll_first: float
-    poll_max: float
-    batch_max_tokens: int | None = None
-
-
-def settings_from(cfg: RunConfig, poll_interval: float | None) -> BatchSettings:
-    batch_size = int(getattr(cfg, "batch_size", MAX_FILE_REQUESTS))
-    if not 1 <= batch_size <= MAX_FILE_REQUESTS:
-        raise UsageError(
-            f"--batch-size must be 1 to {MAX_FILE_REQUESTS} (the Batch API's "
-            f"limit per file), not {batch_size}"
-        )
-    fmt = str(getattr(cfg, "output_format", "burstq"))
-    if fmt not in OUTPUT_FORMATS:
-        raise UsageError(f"--output-format must be {' or '.join(OUTPUT_FORMATS)}, not {fmt!r}")
-    max_tokens = getattr(cfg, "batch_max_tokens", None)
-    if poll_interval is None:
-        poll_interval = getattr(cfg, "batch_poll", None)
-    if poll_interval is None:
-        # Real batches take minutes to hours; the simulated ones finish in about 2 s.
-        poll_interval = 0.5 if cfg.simulate else 5.0
-    return BatchSettings(
-        batch_size=batch_size,
-        completion_window=str(getattr(cfg, "completion_window", "24h")),
-        output_format=fmt,
-        max_rounds=cfg.max_retries + 1,
-        poll_first=poll_interval,
-        poll_max=max(poll_interval, min(60.0, poll_interval * 12)),
-        batch_max_tokens=int(max_tokens) if max_tokens else None,
-    )
-
-
 class BatchRun:
     """One `--via batch` run: plan shards, drive each through the provider, record results."""
 
     def __init__(
         self,
-        cfg: RunConfig,
+        job: JobSpec,
         settings: BatchSettings,
         *,
         provider: Provider,
@@ -271,7 +105,7 @@ class BatchRun:
         budget: Budget | None,
         workdir: Path,
     ) -> None:
-        self.cfg = cfg
+        self.job = job
         self.settings = settings
         self.provider = provider
         self.prices = prices
@@ -283,7 +117,7 @@ class BatchRun:
         self.journal = journal
         self.budget = budget
         self.workdir = workdir
-        self.input = Path(cfg.input)
+        self.input = Path(job.input)
         self.held: dict[int, float] = {}  # budget reservations by input line, this run only
         self.budget_stopped = False
         self.signal: int | None = None
@@ -313,7 +147,7 @@ class BatchRun:
         raise _Stopped
 
     def save(self) -> None:
-        self.state.save(self.state_path, fsync=self.cfg.fsync)
+        self.state.save(self.state_path, fsync=self.job.fsync)
 
     # -- planning -------------------------------------------------------------------------------
     def plan_new(self, src: FileSource) -> None:
@@ -335,7 +169,7 @@ class BatchRun:
                     self.budget_stopped = True  # the rest waits for a rerun with a higher cap
                     break
                 self.held[req.line] = held
-            fresh.append(_pending(req))
+            fresh.append(pending(req))
         self._pack(fresh)
         self._pack_retries()
         self.save()
@@ -395,13 +229,13 @@ class BatchRun:
                     if hit is None:
                         continue
                     shard, cid = hit
-                    req = parse_line(raw, line, self.cfg.model)
+                    req = parse_line(raw, line, self.job.model)
                     if not isinstance(req, Request) or req.id != cid:
                         raise UsageError(
                             f"{self.input}:{line} no longer holds request {cid!r}"
                             "; the input changed under a running job"
                         )
-                    files[shard.id].write(orjson.dumps(_batch_line(req)) + b"\n")
+                    files[shard.id].write(orjson.dumps(batch_line(req)) + b"\n")
         finally:
             for fh in files.values():
                 fh.close()
@@ -413,7 +247,7 @@ class BatchRun:
         with self.input.open("rb") as f:
             for line, raw in enumerate(f, start=1):
                 if line in lines:
-                    req = parse_line(raw, line, self.cfg.model)
+                    req = parse_line(raw, line, self.job.model)
                     if isinstance(req, Request) and req.metadata is not None:
                         found[line] = req.metadata
         return found
@@ -490,7 +324,7 @@ class BatchRun:
                 await self._sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
-        return min(30.0, max(0.05, self.cfg.backoff_base) * 2.0 ** (attempt - 1))
+        return min(30.0, max(0.05, self.settings.backoff_base) * 2.0 ** (attempt - 1))
 
     def _warn_retry(self, what: str, err: ProviderError) -> None:
         key = what.split(" ")[0]
@@ -556,7 +390,7 @@ class BatchRun:
             batch = await self._control(
                 what,
                 lambda: self.provider.create(
-                    file_id, _url(shard.endpoint), self.settings.completion_window, meta
+                    file_id, endpoint_url(shard.endpoint), self.settings.completion_window, meta
                 ),
                 handles=frozenset({"transient", "rejected", "not_found"}),
             )
@@ -663,7 +497,7 @@ class BatchRun:
                 f"{len(shard.lines)} requests; resubmitting in batches of at most "
                 f"{self.state.group_limits[shard.model]}"
             )
-            self.state.retry.extend(_pendings(shard))
+            self.state.retry.extend(pendings(shard))
             self._close(shard)
             self.save()
             return True
@@ -701,7 +535,7 @@ class BatchRun:
             else {}
         )
         status = str(batch.get("status"))
-        latency = _latency_ms(batch)
+        latency = latency_ms(batch)
         seen: set[str] = set()
         records: list[dict[str, Any]] = []
         carried: list[Pending] = []
@@ -712,7 +546,7 @@ class BatchRun:
             if line in self.done:
                 return  # recorded before a kill, the state file did not yet know
             if out.verdict == "retry" and shard.round < self.settings.max_rounds:
-                carried.append(_pending_of(shard, cid, line, out.error, cid in list_inputs))
+                carried.append(pending_of(shard, cid, line, out.error, cid in list_inputs))
                 return
             result = self._result(
                 shard, cid, line, out, latency, meta.get(line), cid in list_inputs
@@ -730,7 +564,7 @@ class BatchRun:
                 continue
             try:
                 # Line by line from disk: 50,000 embeddings are gigabytes as Python objects.
-                for entry in _entries(path):
+                for entry in entries(path):
                     cid = entry.get("custom_id")
                     line = shard.lines.get(cid) if isinstance(cid, str) else None
                     if line is None or cid in seen:
@@ -760,7 +594,7 @@ class BatchRun:
                                 },
                             ),
                         )
-        why = _batch_failure(batch)
+        why = batch_failure(batch)
         for cid, line in shard.lines.items():
             if cid not in seen:
                 # A cancelled batch was stopped by someone: its requests are not forced
@@ -817,8 +651,8 @@ class BatchRun:
         text, vectors = extract_output(shard.endpoint, body)
         if text is not None:
             text = text.strip()
-            if len(text) > self.cfg.max_output_chars:
-                text, result.truncated = text[: self.cfg.max_output_chars], True
+            if len(text) > self.job.max_output_chars:
+                text, result.truncated = text[: self.job.max_output_chars], True
         result.status, result.error = "completed", None
         result.output, result.usage = text, usage
         if vectors is not None:
@@ -870,344 +704,3 @@ class BatchRun:
         self.journal.write([self._emit(invalid_result(item), None) for item in items])
         for item in items:
             self.done.add(item.line)
-
-
-def _entries(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue  # a torn line is a request without an answer: it is retried
-            if isinstance(entry, dict):
-                yield entry
-
-
-def _latency_ms(batch: dict[str, Any]) -> float | None:
-    created = batch.get("created_at")
-    ended = next(
-        (
-            batch.get(k)
-            for k in ("completed_at", "expired_at", "failed_at", "cancelled_at")
-            if batch.get(k)
-        ),
-        None,
-    )
-    if not isinstance(created, int | float) or not isinstance(ended, int | float):
-        return None
-    return max(0.0, (float(ended) - float(created)) * 1000.0)
-
-
-def _batch_failure(batch: dict[str, Any]) -> dict[str, Any]:
-    status = str(batch.get("status"))
-    errors = (batch.get("errors") or {}).get("data") or []
-    detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:3])
-    if status == "expired":
-        return {
-            "type": "batch_expired",
-            "status_code": None,
-            "message": f"batch {batch.get('id')} expired before this request ran",
-        }
-    return {
-        "type": f"batch_{status}",
-        "status_code": None,
-        "message": f"batch {batch.get('id')} ended {status} without an answer for this request"
-        + (f" ({detail})" if detail else ""),
-    }
-
-
-def _batch_line(req: Request) -> dict[str, Any]:
-    return {
-        "custom_id": req.id,
-        "method": "POST",
-        "url": _url(req.endpoint),
-        "body": {"model": req.model, **req.body},
-    }
-
-
-def _pending(req: Request) -> Pending:
-    size = len(orjson.dumps(_batch_line(req))) + 1
-    return Pending(
-        id=req.id,
-        line=req.line,
-        endpoint=req.endpoint,
-        model=req.model,
-        round=1,
-        bytes=size,
-        tokens=req.est_tokens,
-        metadata=req.metadata is not None,
-        list_input=isinstance(req.body.get("input"), list),
-    )
-
-
-def _pending_of(
-    shard: Shard,
-    cid: str,
-    line: int,
-    error: dict[str, Any] | None,
-    list_input: bool,
-    *,
-    same_round: bool = False,
-) -> Pending:
-    n = max(1, shard.requests)
-    return Pending(
-        id=cid,
-        line=line,
-        endpoint=shard.endpoint,
-        model=shard.model,
-        round=shard.round if same_round else shard.round + 1,
-        bytes=shard.bytes // n + 1,
-        tokens=shard.tokens // n + 1,
-        metadata=shard.metadata,
-        list_input=list_input,
-        error=error,
-    )
-
-
-def _pendings(shard: Shard) -> list[Pending]:
-    lists = set(shard.list_inputs)
-    return [
-        _pending_of(shard, cid, line, None, cid in lists, same_round=True)
-        for cid, line in shard.lines.items()
-    ]
-
-
-# -- entry points -------------------------------------------------------------------------------
-
-
-async def run_via_batch(
-    cfg: RunConfig,
-    *,
-    tally: Tally,
-    warn: Callable[[str], None],
-    poll_interval: float | None = None,
-    on_ready: Callable[[BatchRun], None] | None = None,
-) -> RunOutcome:
-    """`burstq run INPUT -o OUTPUT --via batch`: the whole job, resumable by rerunning it.
-
-    `on_ready` receives the BatchRun once it is set up (e.g. to wire signals to
-    `request_stop`). Cancelling the task is safe at any instant too: the state file is
-    always consistent and the rerun reattaches.
-    """
-    from .runner import provider, shaping
-
-    settings = settings_from(cfg, poll_interval)
-    if cfg.input == "-":
-        raise UsageError(
-            "--via batch needs INPUT as a file, not stdin (it is read again "
-            "to build each batch file)"
-        )
-    if cfg.output == "-":
-        raise UsageError("--via batch needs -o OUTPUT as a file: the batch state lives next to it")
-    if cfg.fallback_models:
-        warn("--fallback-model is not used with --via batch (each batch names one model)")
-    in_path, out_path = Path(cfg.input), Path(cfg.output)
-
-    simulate_server = None
-    try:
-        base_url, api_key = cfg.base_url, cfg.api_key
-        if cfg.simulate:
-            from .mock_server import MockConfig, ThreadedMockServer
-
-            simulate_server = ThreadedMockServer(MockConfig(batch_seconds=2.0, seed=7))
-            simulate_server.start()
-            base_url, api_key = simulate_server.base_url, "sk-simulate"
-        base_url, prices = provider(cfg, base_url, api_key, warn)
-        shape = dict(shaping(cfg))
-        if settings.output_format != "burstq":
-            shape.setdefault("output_format", settings.output_format)
-        fingerprint: dict[str, Any] = {
-            "input": cfg.input,
-            "shaping": shape,
-            "input_sha256": file_digest(in_path),
-        }
-        # The simulated provider is new each run: its batches cannot be reattached to.
-        state_url = "simulate" if cfg.simulate else public_url(base_url)
-        client = make_client(base_url, api_key, cfg.timeout)
-        try:
-            return await _run(
-                cfg,
-                settings,
-                Provider(client),
-                prices,
-                tally,
-                warn,
-                fingerprint,
-                state_url,
-                in_path,
-                out_path,
-                on_ready,
-            )
-        finally:
-            await client.close()
-    finally:
-        if simulate_server is not None:
-            simulate_server.close()
-
-
-async def _run(
-    cfg: RunConfig,
-    settings: BatchSettings,
-    provider: Provider,
-    prices: PriceBook,
-    tally: Tally,
-    warn: Callable[[str], None],
-    fingerprint: dict[str, Any],
-    state_url: str,
-    in_path: Path,
-    out_path: Path,
-    on_ready: Callable[[BatchRun], None] | None,
-) -> RunOutcome:
-    state_path = batch_state_path(out_path)
-    old = load_state(state_path)
-    if cfg.restart and old is not None:
-        await _cancel_active(provider, old, warn)
-        state_path.unlink(missing_ok=True)
-        old = None
-    if settings.output_format == "openai-batch":
-        resume = resume_openai_batch(
-            out_path,
-            in_path,
-            fingerprint,
-            default_model=cfg.model,
-            restart=cfg.restart,
-            retry_failed=cfg.retry_failed,
-        )
-    else:
-        resume = open_for_resume(
-            out_path, fingerprint, restart=cfg.restart, retry_failed=cfg.retry_failed
-        )
-    tally.skipped, tally.skipped_failed = resume.records, resume.failed
-    if resume.repaired_bytes:
-        warn(
-            f"repaired a torn last line in {out_path} ({resume.repaired_bytes} bytes); "
-            "that request will be redone"
-        )
-    if old is not None:
-        if old.input_sha256 != fingerprint["input_sha256"]:
-            raise ResumeMismatch(
-                f"{state_path} tracks batches of another input ({old.input}, "
-                "since changed or replaced). Use --restart to start over, or "
-                "another -o OUTPUT."
-            )
-        if (
-            old.base_url != state_url
-            and any(s.active for s in old.shards)
-            and "simulate" not in (old.base_url, state_url)
-        ):
-            raise ResumeMismatch(
-                f"{state_path} tracks batches running at {old.base_url}; "
-                "rerun with that --base-url to collect them, or --restart."
-            )
-        old.base_url = state_url
-    state = old or BatchState(
-        run_id=secrets.token_hex(6),
-        input=cfg.input,
-        input_sha256=fingerprint["input_sha256"],
-        base_url=state_url,
-    )
-    budget = (
-        Budget(cfg.max_cost, worst_case(prices, cfg.budget_max_tokens, batch=True))
-        if cfg.max_cost is not None
-        else None
-    )
-    journal = Journal(out_path, fsync=cfg.fsync)
-    workdir = Path(tempfile.mkdtemp(prefix="burstq-batch-"))
-    try:
-        run = BatchRun(
-            cfg,
-            settings,
-            provider=provider,
-            prices=prices,
-            tally=tally,
-            warn=warn,
-            state=state,
-            state_path=state_path,
-            done=resume.done,
-            journal=journal,
-            budget=budget,
-            workdir=workdir,
-        )
-        src = FileSource(in_path, cfg.model)
-        invalid: list[InvalidLine] = []
-        src.scan(resume.done, invalid.append)
-        tally.total = src.total
-        run.record_invalid(invalid)
-        run.plan_new(src)
-        fresh = [s for s in state.shards if s.state == "new"]
-        if fresh:
-            await asyncio.to_thread(run._materialize, fresh)
-        if on_ready is not None:
-            on_ready(run)
-        return await run.supervise()
-    finally:
-        journal.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _cancel_active(
-    provider: Provider, state: BatchState, warn: Callable[[str], None]
-) -> list[str]:
-    cancelled = []
-    for shard in state.shards:
-        if shard.active and shard.batch_id and shard.status not in TERMINAL:
-            try:
-                await provider.cancel(shard.batch_id)
-                cancelled.append(shard.batch_id)
-            except Exception as exc:
-                if classify_exception(exc) is None:
-                    raise
-                warn(f"could not cancel batch {shard.batch_id}: {exc}")
-    if cancelled:
-        warn(
-            f"cancelled {len(cancelled)} running batch(es) of the previous run: "
-            + ", ".join(cancelled)
-        )
-    return cancelled
-
-
-def describe_batches(output: Path) -> dict[str, Any] | None:
-    """What OUTPUT.batches.json knows (no network): for a `burstq batch status` command."""
-    state = load_state(batch_state_path(output))
-    if state is None:
-        return None
-    shards = [
-        {
-            "shard": s.id,
-            "endpoint": s.endpoint,
-            "model": s.model,
-            "round": s.round,
-            "state": s.state,
-            "status": s.status,
-            "batch_id": s.batch_id,
-            "file_id": s.file_id,
-            "requests": s.requests,
-        }
-        for s in state.shards
-    ]
-    return {
-        "input": state.input,
-        "base_url": state.base_url,
-        "run_id": state.run_id,
-        "active": sum(1 for s in state.shards if s.active),
-        "waiting_for_next_round": len(state.retry),
-        "shards": shards,
-    }
-
-
-async def cancel_batches(cfg: RunConfig, *, warn: Callable[[str], None]) -> list[str]:
-    """Cancel the running batches recorded next to cfg.output (a `burstq batch cancel`).
-
-    A rerun then records their requests as failed (batch_cancelled); --retry-failed redoes
-    them.
-    """
-    from .runner import OPENAI_BASE_URL
-
-    state = load_state(batch_state_path(Path(cfg.output)))
-    if state is None:
-        return []
-    client = make_client(cfg.base_url or OPENAI_BASE_URL, cfg.api_key, cfg.timeout)
-    try:
-        return await _cancel_active(Provider(client), state, warn)
-    finally:
-        await client.close()

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .models import MESSAGE_OVERHEAD_TOKENS, InvalidLine
-from .pricing import ModelPrice, PriceBook, worst_case_cost
-from .reader import FileSource
+from ..files.reader import FileSource
+from ..models import MESSAGE_OVERHEAD_TOKENS, InvalidLine
+from ..money.pricing import ModelPrice, PriceBook, worst_case_cost
 
 
 @dataclass(slots=True)

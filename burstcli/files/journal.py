@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import orjson
 
-from .errors import InputError, ResumeMismatch, UsageError
-from .reader import Done
+from ..errors import InputError, ResumeMismatch, UsageError
+from ..files.reader import Done
 
 SIDECAR_SUFFIX = ".burstq.json"
 SIDECAR_VERSION = 1

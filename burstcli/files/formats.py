@@ -12,8 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .journal import RecordShape, ResumeState, open_for_resume
-from .reader import parse_line
+from ..files.journal import RecordShape, ResumeState, open_for_resume
+from ..files.reader import parse_line
 
 
 def to_openai_batch_line(

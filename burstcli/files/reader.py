@@ -17,8 +17,8 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
-from .errors import InputError, ResumeMismatch
-from .models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
+from ..errors import InputError, ResumeMismatch
+from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
 
 OnInvalid = Callable[[InvalidLine], None]
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from .limits import LimitsSnapshot
-from .models import Tally
+from ..live.limits import LimitsSnapshot
+from ..models import Tally
 
 Snapshot = Callable[[], LimitsSnapshot]
 

@@ -65,9 +65,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .formats import from_openai_batch_line
-from .journal import iter_records
+from ..errors import InputError
+from ..files.formats import from_openai_batch_line
+from ..files.journal import iter_records
 
 PERCENTILES = (50, 90, 99)
 # Upper bounds (ms) of the latency histogram; roughly x2.5 per step, as LLM latencies spread

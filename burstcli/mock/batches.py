@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .mock_server import (
+from ..mock.server import (
     _DIRECTIVE_RE,
     _INVALID_JSON_MESSAGE,
     ORGANIZATION,

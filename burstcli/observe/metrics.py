@@ -35,8 +35,8 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import push_to_gateway
 
-from .limits import LimitsSnapshot
-from .models import Result, Tally
+from ..live.limits import LimitsSnapshot
+from ..models import Result, Tally
 
 Snapshot = Callable[[], LimitsSnapshot]
 Warn = Callable[[str], None]

@@ -49,7 +49,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 if TYPE_CHECKING:
-    from .mock_batches import _MockBatch, _MockFile
+    from ..mock.batches import _MockBatch, _MockFile
 
 __all__ = [
     "DIRECTIVE_KINDS",
@@ -968,7 +968,7 @@ def create_app(config: MockConfig) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/mock/stats", _stats)
     app.router.add_post("/mock/reset", _reset)
-    from .mock_batches import add_routes  # here, not at the top: it imports this module
+    from ..mock.batches import add_routes  # here, not at the top: it imports this module
 
     add_routes(app)
     return app

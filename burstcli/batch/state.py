@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import UsageError
+from ..errors import UsageError
 
 BATCH_STATE_SUFFIX = ".batches.json"
 STATE_VERSION = 1

@@ -7,74 +7,30 @@ running event loop lives here, so tests can drive a whole run without Typer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .client import ApiClient
-from .engine import (
-    Budget,
-    Engine,
-    EngineConfig,
-    RunOutcome,
-    aiter_items,
-    prioritized,
-    worst_case,
-)
+from .config import OPENAI_BASE_URL, ProviderSpec, RunConfig
 from .errors import UsageError
-from .journal import Journal, open_for_resume
-from .limits import Limits
-from .models import InvalidLine, Request, Result, Tally
-from .progress import Reporter
-from .reader import Done, FileSource, StreamSource, file_digest
+from .files.journal import Journal, open_for_resume
+from .files.reader import Done, FileSource, StreamSource, file_digest
+from .live.client import ApiClient
+from .live.engine import Engine, EngineConfig, aiter_items, prioritized
+from .live.limits import Limits
+from .models import InvalidLine, Request, Result, RunOutcome, Tally
+from .money.budget import Budget, worst_case
+from .observe.progress import Reporter
 
 if TYPE_CHECKING:
-    from .pricing import PriceBook
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-
-
-@dataclass(slots=True)
-class RunConfig:
-    input: str  # path or "-"
-    output: str  # path or "-"
-    model: str = "gpt-4o-mini"
-    fallback_models: list[str] = field(default_factory=list)
-    concurrency: int = 50
-    concurrency_given: bool = False  # the user chose it: open in full after the 1st answer
-    rpm: float | None = None
-    tpm: float | None = None
-    max_retries: int = 5
-    timeout: float = 60.0
-    base_url: str | None = None
-    api_key: str | None = None
-    max_cost: float | None = None
-    budget_max_tokens: int = 4096
-    prices: Path | None = None
-    retry_failed: bool = False
-    restart: bool = False
-    simulate: bool = False
-    quiet: bool = False
-    progress: str = "auto"  # auto | rich | plain | quiet
-    status_every: float = 5.0  # seconds between plain status lines
-    metrics_file: Path | None = None
-    pushgateway: str | None = None
-    fsync: bool = False
-    grace: float = 10.0
-    max_output_chars: int = 50_000
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    stdin_window: int = 10_000
-    via: str = "direct"  # direct | batch (the provider's Batch API)
-    batch_size: int = 50_000
-    completion_window: str = "24h"
-    batch_poll: float | None = None  # first poll interval (default 5 s, 0.5 s simulated)
-    output_format: str = "burstq"  # burstq | openai-batch
+    from .batch.driver import BatchRun
+    from .money.pricing import PriceBook
 
 
 @dataclass(slots=True)
@@ -86,10 +42,10 @@ class RunReport:
 
 
 def provider(
-    cfg: RunConfig, base_url: str | None, api_key: str | None, warn: Callable[[str], None]
+    spec: ProviderSpec, base_url: str | None, api_key: str | None, warn: Callable[[str], None]
 ) -> tuple[str, PriceBook]:
     """The base URL to call (refusing OpenAI's without a key) and the prices for its models."""
-    from .pricing import PriceBook, PricesFileError
+    from .money.pricing import PriceBook, PricesFileError
 
     base_url = base_url or OPENAI_BASE_URL
     if not api_key and base_url.rstrip("/") == OPENAI_BASE_URL:
@@ -98,17 +54,45 @@ def provider(
             "(or try the whole pipeline offline with --simulate)"
         )
     try:
-        return base_url, PriceBook(cfg.prices, provider_api_url=base_url, warn=warn)
+        return base_url, PriceBook(spec.prices, provider_api_url=base_url, warn=warn)
     except PricesFileError as exc:
         raise UsageError(str(exc)) from exc
 
 
 def shaping(cfg: RunConfig) -> dict[str, Any]:
-    """Options that change what is sent: a resume with other values would mix two jobs."""
-    shape: dict[str, Any] = {"model": cfg.model}
-    if cfg.output_format != "burstq":
-        shape["output_format"] = cfg.output_format
-    return shape
+    """Options that change what is sent (kept for callers that hold a whole RunConfig)."""
+    return cfg.job.shaping()
+
+
+@contextlib.contextmanager
+def simulated(cfg: RunConfig, *, batch: bool = False) -> Iterator[tuple[str | None, str | None]]:
+    """The base URL and key to use: the user's, or with --simulate an in-process mock server.
+
+    The product's one import of mock/ (house rule), lazily, only when simulating.
+    """
+    if not cfg.simulate:
+        yield cfg.base_url, cfg.api_key
+        return
+    from .mock.server import MockConfig, ThreadedMockServer
+
+    if batch:
+        mock = MockConfig(batch_seconds=2.0, seed=7)
+    else:
+        mock = MockConfig(
+            latency=0.15,
+            latency_jitter=0.2,
+            fault_rate=0.03,
+            seed=7,
+            hang_seconds=2.0,
+            rpm=max(1, int(cfg.rpm)) if cfg.rpm else None,
+            tpm=max(1, int(cfg.tpm)) if cfg.tpm else None,
+        )
+    server = ThreadedMockServer(mock)
+    server.start()
+    try:
+        yield server.base_url, "sk-simulate"
+    finally:
+        server.close()
 
 
 def _reporter_mode(cfg: RunConfig) -> str:
@@ -143,26 +127,20 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
 
     if cfg.via == "batch":
         return await _execute_batch(cfg, warn, started)
+    with simulated(cfg) as (base_url, api_key):
+        return await _execute_live(cfg, base_url, api_key, warn, started, on_ready)
 
-    simulate_server = None
-    base_url, api_key = cfg.base_url, cfg.api_key
-    if cfg.simulate:
-        from .mock_server import MockConfig, ThreadedMockServer
 
-        simulate_server = ThreadedMockServer(
-            MockConfig(
-                latency=0.15,
-                latency_jitter=0.2,
-                fault_rate=0.03,
-                seed=7,
-                hang_seconds=2.0,
-                rpm=max(1, int(cfg.rpm)) if cfg.rpm else None,
-                tpm=max(1, int(cfg.tpm)) if cfg.tpm else None,
-            )
-        )
-        simulate_server.start()
-        base_url, api_key = simulate_server.base_url, "sk-simulate"
-    base_url, prices = provider(cfg, base_url, api_key, warn)
+async def _execute_live(
+    cfg: RunConfig,
+    base_url: str | None,
+    api_key: str | None,
+    warn: Callable[[str], None],
+    started: float,
+    on_ready: Callable[[Engine], None] | None,
+) -> RunReport:
+
+    base_url, prices = provider(cfg.provider, base_url, api_key, warn)
 
     tally = Tally()
     out_path = None if cfg.output == "-" else Path(cfg.output)
@@ -175,7 +153,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     spent_before = 0.0
     formatter = None
     if cfg.output_format == "openai-batch":
-        from .formats import resume_openai_batch, to_openai_batch_line
+        from .files.formats import resume_openai_batch, to_openai_batch_line
 
         if in_path is None or out_path is None:
             raise UsageError(
@@ -285,8 +263,6 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
                     warn(msg)
     finally:
         journal.close()
-        if simulate_server is not None:
-            simulate_server.close()
     elapsed = time.monotonic() - started
     return RunReport(
         outcome, elapsed, reporter.summary(elapsed), budget.spent if budget is not None else None
@@ -295,8 +271,7 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
 
 async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float) -> RunReport:
     """--via batch: hand the file to the provider's Batch API (batch.py does the work)."""
-    from .batch import BatchRun, run_via_batch
-    from .limits import LimitsSnapshot
+    from .live.limits import LimitsSnapshot
 
     tally = Tally()
     loop = asyncio.get_running_loop()
@@ -323,7 +298,7 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
 
     reporter.start()
     try:
-        outcome = await run_via_batch(cfg, tally=tally, warn=warn, on_ready=ready)
+        outcome = await run_batch(cfg, tally=tally, warn=warn, on_ready=ready)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -338,7 +313,7 @@ def _metrics(
 ) -> tuple[Any, asyncio.Task[None] | None]:
     if not (cfg.metrics_file or cfg.pushgateway):
         return None, None
-    from .metrics import Metrics
+    from .observe.metrics import Metrics
 
     metrics = Metrics()
     engine.listeners.append(metrics.observe)
@@ -380,3 +355,41 @@ async def _chain(
         yield item
     async for req in aiter_items(then):
         yield req
+
+
+async def run_batch(
+    cfg: RunConfig,
+    *,
+    tally: Tally,
+    warn: Callable[[str], None],
+    poll_interval: float | None = None,
+    on_ready: Callable[[BatchRun], None] | None = None,
+) -> RunOutcome:
+    """--via batch from a whole RunConfig: each part goes where it belongs."""
+    from .batch.jobs import batch_settings, check_batch_job, run_via_batch
+
+    settings = batch_settings(
+        batch_size=cfg.batch_size,
+        completion_window=cfg.completion_window,
+        output_format=cfg.output_format,
+        max_retries=cfg.max_retries,
+        backoff_base=cfg.backoff_base,
+        poll_interval=poll_interval if poll_interval is not None else cfg.batch_poll,
+        simulate=cfg.simulate,
+    )
+    check_batch_job(cfg.job, cfg.fallback_models, warn)
+    with simulated(cfg, batch=True) as (base_url, api_key):
+        url, prices = provider(cfg.provider, base_url, api_key, warn)
+        return await run_via_batch(
+            cfg.job,
+            cfg.budget,
+            settings,
+            base_url=url,
+            api_key=api_key,
+            timeout=cfg.timeout,
+            prices=prices,
+            simulated=cfg.simulate,
+            tally=tally,
+            warn=warn,
+            on_ready=on_ready,
+        )

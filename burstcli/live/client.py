@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .limits import retry_after
-from .models import ENDPOINT_PATHS
+from ..live.limits import retry_after
+from ..models import ENDPOINT_PATHS
 
 USER_AGENT = "burstq/0.1"
 
@@ -278,18 +278,4 @@ def _error_code(raw: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
-    """(text, embedding vectors in input order) of a successful answer.
-
-    Tool calls without text are kept as their JSON, so a function-calling job has an output.
-    """
-    if endpoint == "embeddings":
-        items = sorted(data["data"], key=lambda i: i.get("index", 0))
-        return None, [i["embedding"] for i in items]
-    message = data["choices"][0]["message"]
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    if not content and message.get("tool_calls"):
-        return orjson.dumps(message["tool_calls"]).decode(), None
-    return (content if isinstance(content, str) else None), None
+# END

@@ -17,19 +17,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from .client import ApiClient, CallError, extract_output
-from .errors import FatalProviderError, UsageError
-from .journal import Journal
+from ..errors import FatalProviderError, UsageError
+from ..files.answers import extract_output
+from ..files.journal import Journal
+from ..models import (
+    InvalidLine,
+    Request,
+    Result,
+    RunOutcome,
+    StopReason,
+    Tally,
+    invalid_result,
+    now_iso,
+)
+from ..money.budget import Budget
+from .client import ApiClient, CallError
 from .limits import Limits
-from .models import InvalidLine, Request, Result, Tally
-from .pricing import PriceBook, worst_case_cost
 
-StopReason = Literal["done", "budget", "interrupted", "fatal"]
 PriceFn = Callable[[str, dict[str, Any] | None], float | None]
-ReserveFn = Callable[[Request], float | None]
 
 
 @dataclass(slots=True)
@@ -44,84 +51,10 @@ class EngineConfig:
     max_rate_limited: int = 50  # 429 retries per request: they don't spend --max-retries
 
 
-@dataclass(slots=True)
-class RunOutcome:
-    reason: StopReason
-    tally: Tally
-    signal: int | None = None
-    error: FatalProviderError | None = None
-
-
 class _Fatal(Exception):
     def __init__(self, err: CallError) -> None:
         super().__init__(err.message)
         self.err = err
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def invalid_result(item: InvalidLine) -> Result:
-    return Result(
-        request_id=item.id or f"line-{item.line}",
-        line=item.line,
-        status="failed",
-        model=None,
-        attempts=0,
-        error={
-            "type": "invalid_request",
-            "message": f"line {item.line}: {item.message}",
-            "status_code": None,
-        },
-        finished_at=now_iso(),
-    )
-
-
-def worst_case(prices: PriceBook, assumed_max_tokens: int, *, batch: bool = False) -> ReserveFn:
-    """What --max-cost reserves for a request: every prompt token bound (UTF-8 bytes) at the
-    uncached rate plus its whole completion allowance; None when the price is unknown."""
-
-    def reserve(req: Request) -> float | None:
-        price = prices.price(req.model)
-        if price is None:
-            return None
-        return worst_case_cost(
-            price,
-            req.prompt_tokens_upper,
-            req.completion_tokens_upper(assumed_max_tokens),
-            batch=batch,
-        )
-
-    return reserve
-
-
-class Budget:
-    """A hard USD cap: reserve a request's worst case before sending, settle on the real cost."""
-
-    def __init__(self, cap: float, worst_case: ReserveFn, spent: float = 0.0) -> None:
-        self.cap = cap
-        self.spent = spent
-        self.reserved = 0.0
-        self._worst_case = worst_case
-
-    def reserve(self, req: Request) -> float | None:
-        """The amount held for `req`, or None when it would cross the cap."""
-        amount = self._worst_case(req)
-        if amount is None:
-            raise UsageError(
-                f"--max-cost needs a price for model {req.model!r} (line "
-                f"{req.line}); add one with --prices FILE"
-            )
-        if self.spent + self.reserved + amount > self.cap + 1e-12:
-            return None
-        self.reserved += amount
-        return amount
-
-    def settle(self, held: float, cost: float | None) -> None:
-        self.reserved -= held
-        # A response without usage is charged at the reservation: the cap stays honest.
-        self.spent += held if cost is None else cost
 
 
 class Engine:

@@ -1,0 +1,5 @@
+"""`python -m burstcli.cli`: the same as the `burstq` console script."""
+
+from . import main
+
+main()

@@ -1,0 +1,184 @@
+"""`burstq validate`, `estimate` and `stats`: read files, call nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from .app import app, boundary, console, err, usd
+from .app import env as _env
+from .options import BudgetMaxTokensOpt, ModelOpt, PricesOpt
+
+
+@app.command()
+@boundary
+def validate(
+    input: Annotated[Path, typer.Argument(help="Request file (JSONL) to check.")],
+) -> None:
+    """Check a request file without calling any API: every problem as FILE:LINE: message.
+
+    Exit 0 when every line is a valid request, 2 otherwise.
+
+    Example:
+
+        burstq validate requests.jsonl
+    """
+    from ..errors import InputError
+    from ..files.reader import validate_file
+
+    if not input.is_file():
+        raise InputError(f"cannot read {input}: no such file")
+    total, problems = validate_file(input)
+    for p in problems:
+        err(f"{input}:{p.line}: {p.message}")
+    err(f"{input}: {total} requests, {len(problems)} invalid")
+    raise typer.Exit(2 if problems else 0)
+
+
+@app.command()
+@boundary
+def estimate(
+    input: Annotated[Path, typer.Argument(help="Request file (JSONL).")],
+    model: ModelOpt = "gpt-4o-mini",
+    rpm: Annotated[
+        float | None,
+        typer.Option(envvar=_env("rpm"), min=0.001, help="Requests/minute you will run at."),
+    ] = None,
+    tpm: Annotated[
+        float | None, typer.Option(envvar=_env("tpm"), min=1, help="Tokens/minute you will run at.")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_env("concurrency"), min=1, help="Requests in flight (with --latency)."
+        ),
+    ] = None,
+    latency: Annotated[
+        float,
+        typer.Option(min=0.001, help="Assumed seconds per request, for the concurrency bound."),
+    ] = 1.0,
+    budget_max_tokens: BudgetMaxTokensOpt = 4096,
+    prices: PricesOpt = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Price at Batch API rates.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Tokens, cost range and minimum duration of a request file, with no API call.
+
+    Example:
+
+        burstq estimate requests.jsonl --rpm 500 --tpm 200000 --concurrency 50
+    """
+    import orjson
+
+    from ..errors import InputError
+    from ..money.estimate import estimate as compute
+    from ..money.pricing import PriceBook, PricesFileError
+
+    if not input.is_file():
+        raise InputError(f"cannot read {input}: no such file")
+    warnings: list[str] = []
+    try:
+        book = PriceBook(prices, warn=warnings.append)
+    except PricesFileError as exc:
+        raise UsageError(str(exc)) from exc
+    est = compute(
+        input,
+        default_model=model,
+        prices=book,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        latency=latency,
+        assume_max_tokens=budget_max_tokens,
+        batch=batch,
+    )
+    for w in warnings:
+        err(f"burstq: warning: {w}")
+    if as_json:
+        sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    _render_estimate(est)
+
+
+def _render_estimate(est: dict[str, Any]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    out = console()
+    table = Table(
+        title=f"burstq estimate: {est['file']}", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    for col in (
+        "model",
+        "requests",
+        "prompt tok",
+        "compl. typ",
+        "compl. max",
+        "cost typ",
+        "cost max",
+    ):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    for m in [*est["models"], {**est, "model": "total"}]:
+        table.add_row(
+            m["model"],
+            f"{m['requests']:,}",
+            f"{m['prompt_tokens']:,}",
+            f"{m['completion_tokens_typical']:,}",
+            f"{m['completion_tokens_worst']:,}",
+            usd(m["cost_usd_typical"]),
+            usd(m["cost_usd_worst"]),
+            style="bold" if m["model"] == "total" else None,
+        )
+    out.print(table)
+    if est["invalid"]:
+        out.print(f"{est['invalid']} invalid lines (see `burstq validate`)")
+    if est["unpriced_models"]:
+        out.print(
+            "no price for: " + ", ".join(est["unpriced_models"]) + " (add them with --prices FILE)"
+        )
+    if est["min_duration_s"] is not None:
+        bounds = ", ".join(f"{k} {v:,.1f}s" for k, v in est["duration_bounds_s"].items())
+        out.print(
+            f"minimum duration: {est['min_duration_s']:,.1f}s, set by "
+            f"{est['binding_limit']} ({bounds})"
+        )
+    else:
+        out.print("minimum duration: give --rpm, --tpm or --concurrency to bound it")
+
+
+@app.command()
+@boundary
+def stats(
+    output: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Output files of `burstq run` (JSONL); a file still being written is fine."
+        ),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Latency, tokens, cost, errors and throughput of one or more output files.
+
+    Example:
+
+        burstq stats responses.jsonl
+
+        burstq stats day1.jsonl day2.jsonl --json | jq .latency_ms
+    """
+    import orjson
+
+    from ..observe.stats import compute
+    from ..observe.statsview import render
+
+    figures = compute(output)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        render(figures, console())

@@ -1,0 +1,251 @@
+"""Option declarations, once: names, environment variables and help agree across commands.
+
+Every option is also readable from `BURSTQ_<NAME>` (design.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import env as _env
+
+# Options several commands share, declared once so their names, variables and help agree.
+ModelOpt = Annotated[
+    str, typer.Option(envvar=_env("model"), help="Model for lines that name none.")
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=[_env("base_url"), "OPENAI_BASE_URL"],
+        help="OpenAI-compatible API base URL (vLLM, llama.cpp, a proxy...).",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=[_env("api_key"), "OPENAI_API_KEY"],
+        show_default=False,
+        help="API key (default: $OPENAI_API_KEY). Never written anywhere.",
+    ),
+]
+BudgetMaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("budget_max_tokens"),
+        min=1,
+        help="Completion tokens reserved (for --max-cost) or assumed (by estimate) for a "
+        "request without max_tokens.",
+    ),
+]
+PricesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("prices"),
+        help="TOML or JSON file of per-model prices (USD per 1M tokens) that override or "
+        "add to genai-prices.",
+    ),
+]
+
+
+# `burstq run` options.
+InputArg = Annotated[str, typer.Argument(help="Request file (JSONL), or '-' for stdin.")]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        envvar=_env("output"),
+        help="Where records go (JSONL); '-' for stdout. Default: INPUT's name with "
+        ".responses.jsonl (stdout when INPUT is '-').",
+    ),
+]
+FallbackModelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fallback-model",
+        envvar=_env("fallback_model"),
+        help="Tried in order after the model's retries run out or it is not found. Repeatable.",
+    ),
+]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        envvar=_env("concurrency"),
+        min=1,
+        help="Most requests in flight at once [default: 50]. The first request goes alone; "
+        "a value you give opens in full after the first answer, the default ramps up "
+        "like TCP slow start.",
+    ),
+]
+RpmOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("rpm"),
+        min=0.001,
+        help="Requests per minute, a hard ceiling spread evenly over the minute. "
+        "Default: learned from the provider's x-ratelimit headers.",
+    ),
+]
+TpmOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("tpm"),
+        min=1,
+        help="Tokens per minute, a hard ceiling (estimated as prompt chars/4 + max_tokens, "
+        "corrected with the real usage).",
+    ),
+]
+MaxRetriesOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("max_retries"),
+        min=0,
+        help="Retries per model after the first attempt (429s do not use them up).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option(envvar=_env("timeout"), min=0.001, help="Seconds per attempt.")
+]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("max_cost"),
+        min=0,
+        help="Budget in USD, never crossed: stop dispatching before it, exit 3; rerun "
+        "with a higher cap to continue.",
+    ),
+]
+RetryFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("retry_failed"),
+        help="Redo only the failed records of OUTPUT, replacing them.",
+    ),
+]
+RestartOpt = Annotated[
+    bool, typer.Option(envvar=_env("restart"), help="Discard OUTPUT and start over.")
+]
+SimulateOpt = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("simulate"),
+        help="Run the whole pipeline against the built-in mock server on loopback: no key, "
+        "no network, no cost.",
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", envvar=_env("quiet"), help="No progress and no summary."),
+]
+ProgressOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=_env("progress"),
+        help="auto (rich on a terminal, a status line every few seconds otherwise), rich, "
+        "plain or quiet.",
+    ),
+]
+PushgatewayOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("pushgateway"),
+        help="Prometheus Pushgateway URL to push the run's metrics to at the end.",
+    ),
+]
+StatusEveryOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("status_every"),
+        min=0.01,
+        help="Seconds between plain status lines (when stderr is not a terminal).",
+    ),
+]
+MetricsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("metrics_file"),
+        help="Prometheus text file for node_exporter's textfile collector.",
+    ),
+]
+FsyncOpt = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("fsync"),
+        help="fsync OUTPUT after each write: survives power loss, costs a disk flush per "
+        "batch of records.",
+    ),
+]
+GraceOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("grace"),
+        min=0,
+        help="Seconds in-flight requests get to finish after Ctrl-C / SIGTERM.",
+    ),
+]
+MaxOutputCharsOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("max_output_chars"),
+        min=1,
+        help="Cap on each output's length (the record says 'truncated').",
+    ),
+]
+BackoffBaseOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("backoff_base"),
+        min=0,
+        help="First retry waits up to this many seconds; doubles per retry (full jitter).",
+    ),
+]
+ViaOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=_env("via"),
+        help="direct (live API calls) or batch (the provider's Batch API: half price, up to "
+        "24 h; resumable like everything else).",
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("batch_size"),
+        min=1,
+        max=50_000,
+        help="--via batch: most requests per batch file.",
+    ),
+]
+CompletionWindowOpt = Annotated[
+    str,
+    typer.Option(envvar=_env("completion_window"), help="--via batch: the batches' window."),
+]
+BatchPollOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("batch_poll"),
+        min=0.01,
+        help="--via batch: seconds before the first status poll (then backing off to "
+        "12x, at most 60 s). Default 5.",
+    ),
+]
+OutputFormatOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=_env("output_format"),
+        help="burstq (records as documented) or openai-batch (the Batch API's output "
+        "lines: id, custom_id, response, error).",
+    ),
+]
+FailOnErrorRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("fail_on_error_rate"),
+        min=0,
+        max=1,
+        help="For CI: exit 1 only when more than this fraction of requests failed.",
+    ),
+]

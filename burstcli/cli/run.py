@@ -1,0 +1,201 @@
+"""`burstq run`: options -> RunConfig -> run.execute() once -> summary and exit code."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from ..errors import BurstError, UsageError
+from .app import app, boundary, err
+from .options import (
+    ApiKeyOpt,
+    BackoffBaseOpt,
+    BaseUrlOpt,
+    BatchPollOpt,
+    BatchSizeOpt,
+    BudgetMaxTokensOpt,
+    CompletionWindowOpt,
+    ConcurrencyOpt,
+    FailOnErrorRateOpt,
+    FallbackModelOpt,
+    FsyncOpt,
+    GraceOpt,
+    InputArg,
+    MaxCostOpt,
+    MaxOutputCharsOpt,
+    MaxRetriesOpt,
+    MetricsFileOpt,
+    ModelOpt,
+    OutputFormatOpt,
+    OutputOpt,
+    PricesOpt,
+    ProgressOpt,
+    PushgatewayOpt,
+    QuietOpt,
+    RestartOpt,
+    RetryFailedOpt,
+    RpmOpt,
+    SimulateOpt,
+    StatusEveryOpt,
+    TimeoutOpt,
+    TpmOpt,
+    ViaOpt,
+)
+
+
+def _resume_hint(api_key: str | None) -> str:
+    argv = ["burstq", *sys.argv[1:]]
+    out: list[str] = []
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok in ("--restart", "--retry-failed"):
+            continue
+        if tok == "--api-key":
+            skip = True
+            continue
+        if tok.startswith("--api-key=") or (api_key and api_key in tok):
+            continue
+        out.append(tok)
+    return shlex.join(out)
+
+
+@app.command()
+@boundary
+def run(
+    input: InputArg,
+    output: OutputOpt = None,
+    model: ModelOpt = "gpt-4o-mini",
+    fallback_model: FallbackModelOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 60.0,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    max_cost: MaxCostOpt = None,
+    budget_max_tokens: BudgetMaxTokensOpt = 4096,
+    prices: PricesOpt = None,
+    retry_failed: RetryFailedOpt = False,
+    restart: RestartOpt = False,
+    simulate: SimulateOpt = False,
+    quiet: QuietOpt = False,
+    progress: ProgressOpt = "auto",
+    pushgateway: PushgatewayOpt = None,
+    status_every: StatusEveryOpt = 5.0,
+    metrics_file: MetricsFileOpt = None,
+    fsync: FsyncOpt = False,
+    grace: GraceOpt = 10.0,
+    max_output_chars: MaxOutputCharsOpt = 50_000,
+    backoff_base: BackoffBaseOpt = 0.5,
+    via: ViaOpt = "direct",
+    batch_size: BatchSizeOpt = 50_000,
+    completion_window: CompletionWindowOpt = "24h",
+    batch_poll: BatchPollOpt = None,
+    output_format: OutputFormatOpt = "burstq",
+    fail_on_error_rate: FailOnErrorRateOpt = None,
+) -> None:
+    """Process a request file: every line gets exactly one record in OUTPUT.
+
+    Rerun the same command after any interruption to resume; finished requests are never
+    sent again.
+
+    Example:
+
+        burstq run requests.jsonl -o responses.jsonl --rpm 500 --tpm 200000
+
+        burstq run samples/quickstart.jsonl -o out.jsonl --simulate
+
+        burstq run big.jsonl -o big.responses.jsonl --via batch --batch-size 20000
+    """
+    from ..config import RunConfig
+    from ..run import execute
+
+    if output is None:
+        output = "-" if input == "-" else str(_default_output(input))
+    if progress not in ("auto", "rich", "plain", "quiet"):
+        raise UsageError(f"--progress must be auto, rich, plain or quiet, not {progress!r}")
+    if via not in ("direct", "batch"):
+        raise UsageError(f"--via must be direct or batch, not {via!r}")
+    if output_format not in ("burstq", "openai-batch"):
+        raise UsageError(f"--output-format must be burstq or openai-batch, not {output_format!r}")
+    if output != "-" and input != "-" and Path(output).resolve() == Path(input).resolve():
+        raise UsageError("OUTPUT must not be INPUT")
+    if input != "-" and not Path(input).is_file():
+        raise UsageError(f"cannot read {input}: no such file")
+    if output == "-" and (retry_failed or restart):
+        raise UsageError("--retry-failed and --restart need an OUTPUT file")
+    cfg = RunConfig(
+        input=input,
+        output=output,
+        model=model,
+        fallback_models=list(fallback_model or []),
+        concurrency=concurrency or 50,
+        concurrency_given=concurrency is not None,
+        rpm=rpm,
+        tpm=tpm,
+        max_retries=max_retries,
+        timeout=timeout,
+        base_url=base_url,
+        api_key=api_key,
+        max_cost=max_cost,
+        budget_max_tokens=budget_max_tokens,
+        prices=prices,
+        retry_failed=retry_failed,
+        restart=restart,
+        simulate=simulate,
+        quiet=quiet,
+        progress=progress,
+        status_every=status_every,
+        metrics_file=metrics_file,
+        pushgateway=pushgateway,
+        fsync=fsync,
+        grace=grace,
+        max_output_chars=max_output_chars,
+        backoff_base=backoff_base,
+        via=via,
+        batch_size=batch_size,
+        completion_window=completion_window,
+        batch_poll=batch_poll,
+        output_format=output_format,
+    )
+    report = execute(cfg)
+    outcome = report.outcome
+    if not quiet:
+        err(report.summary)
+    if outcome.error is not None:
+        raise BurstError(
+            f"{outcome.error.kind}: {outcome.error} -- the run stopped at once "
+            "(every further call would fail the same way); fix it and rerun "
+            "the same command to resume"
+        )
+    if outcome.reason == "interrupted":
+        err(
+            f"burstq: interrupted; to resume, run the same command again:\n  "
+            f"{_resume_hint(api_key)}"
+        )
+        raise typer.Exit(130 if outcome.signal == 2 else 143)
+    if outcome.reason == "budget":
+        err(
+            f"burstq: budget cap reached: spent ${report.budget_spent or 0:.6f} of "
+            f"${max_cost}; rerun with a higher --max-cost to continue"
+        )
+        raise typer.Exit(3)
+    t = outcome.tally
+    failed = t.failed + t.skipped_failed
+    total = t.finished + t.skipped
+    if fail_on_error_rate is not None:
+        raise typer.Exit(1 if total and failed / total > fail_on_error_rate else 0)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _default_output(input: str) -> Path:
+    p = Path(input)
+    stem = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return p.with_name(stem + ".responses.jsonl")

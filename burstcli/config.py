@@ -1,0 +1,132 @@
+"""What one run was asked to do, validated once, and the parts each layer takes.
+
+The CLI builds one `RunConfig`; `run.py` hands each layer only its part: the provider to call
+(`ProviderSpec`), what to read and write (`JobSpec`), the limits (`LimitSpec`), the budget
+(`BudgetSpec`) and, for the live engine, the retry policy. No layer below `run.py` sees the whole
+RunConfig. May import: errors, models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """Where requests go and how long an attempt may take."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout: float = 60.0
+    prices: Path | None = None
+    simulate: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.base_url or OPENAI_BASE_URL
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to read, what to write, and what shapes the requests (the resume fingerprint)."""
+
+    input: str  # path or "-"
+    output: str  # path or "-"
+    model: str = "gpt-4o-mini"
+    restart: bool = False
+    retry_failed: bool = False
+    fsync: bool = False
+    output_format: str = "burstq"  # burstq | openai-batch
+    max_output_chars: int = 50_000
+    stdin_window: int = 10_000
+
+    def shaping(self) -> dict[str, Any]:
+        """Options that change what is sent: a resume with other values would mix two jobs."""
+        shape: dict[str, Any] = {"model": self.model}
+        if self.output_format != "burstq":
+            shape["output_format"] = self.output_format
+        return shape
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    concurrency: int = 50
+    concurrency_given: bool = False  # the user chose it: open in full after the 1st answer
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    max_cost: float | None = None
+    budget_max_tokens: int = 4096
+
+
+@dataclass(slots=True)
+class RunConfig:
+    """Every option of `burstq run`, flat, as the command line gave them."""
+
+    input: str  # path or "-"
+    output: str  # path or "-"
+    model: str = "gpt-4o-mini"
+    fallback_models: list[str] = field(default_factory=list)
+    concurrency: int = 50
+    concurrency_given: bool = False
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 5
+    timeout: float = 60.0
+    base_url: str | None = None
+    api_key: str | None = None
+    max_cost: float | None = None
+    budget_max_tokens: int = 4096
+    prices: Path | None = None
+    retry_failed: bool = False
+    restart: bool = False
+    simulate: bool = False
+    quiet: bool = False
+    progress: str = "auto"  # auto | rich | plain | quiet
+    status_every: float = 5.0  # seconds between plain status lines
+    metrics_file: Path | None = None
+    pushgateway: str | None = None
+    fsync: bool = False
+    grace: float = 10.0
+    max_output_chars: int = 50_000
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    stdin_window: int = 10_000
+    via: str = "direct"  # direct | batch (the provider's Batch API)
+    batch_size: int = 50_000
+    completion_window: str = "24h"
+    batch_poll: float | None = None  # first poll interval (default 5 s, 0.5 s simulated)
+    output_format: str = "burstq"  # burstq | openai-batch
+
+    @property
+    def provider(self) -> ProviderSpec:
+        return ProviderSpec(self.base_url, self.api_key, self.timeout, self.prices, self.simulate)
+
+    @property
+    def job(self) -> JobSpec:
+        return JobSpec(
+            input=self.input,
+            output=self.output,
+            model=self.model,
+            restart=self.restart,
+            retry_failed=self.retry_failed,
+            fsync=self.fsync,
+            output_format=self.output_format,
+            max_output_chars=self.max_output_chars,
+            stdin_window=self.stdin_window,
+        )
+
+    @property
+    def limits(self) -> LimitSpec:
+        return LimitSpec(self.concurrency, self.concurrency_given, self.rpm, self.tpm)
+
+    @property
+    def budget(self) -> BudgetSpec:
+        return BudgetSpec(self.max_cost, self.budget_max_tokens)
