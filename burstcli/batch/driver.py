@@ -29,39 +29,33 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from ..config import JobSpec
-from ..errors import FatalProviderError, UsageError
-from ..files.answers import extract_output
+from ..errors import FatalProviderError
 from ..files.formats import to_openai_batch_line
 from ..files.journal import Journal
-from ..files.reader import Done, FileSource, parse_line
-from ..models import InvalidLine, Request, Result, RunOutcome, Tally, invalid_result, now_iso
+from ..files.reader import Done, FileSource
+from ..models import InvalidLine, Result, RunOutcome, Tally, invalid_result, now_iso
 from ..money.budget import Budget
 from .lines import (
     LineOutcome,
     Verdict,
     batch_failure,
-    batch_line,
     classify_line,
     endpoint_url,
     entries,
     latency_ms,
+    line_result,
     pending,
     pending_of,
     pendings,
 )
+from .plan import BatchSettings, pack, read_metadata, write_shard_files
 from .provider import Provider, ProviderError, classify_exception
 from .state import BatchState, Pending, Shard
 
 if TYPE_CHECKING:
     from ..money.pricing import PriceBook
-    from .jobs import BatchSettings
 
-MAX_FILE_REQUESTS = 50_000
-# OpenAI documents 200 MB; counted in decimal so a file is under the limit however they count.
-MAX_FILE_BYTES = 200_000_000
 OUTPUT_FORMATS = ("burstq", "openai-batch")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 CONTROL_ATTEMPTS = 8  # per files/batches call, on top of the SDK's own 2 retries
@@ -170,87 +164,20 @@ class BatchRun:
                     break
                 self.held[req.line] = held
             fresh.append(pending(req))
-        self._pack(fresh)
+        pack(self.state, self.settings, fresh)
         self._pack_retries()
         self.save()
 
     def _pack_retries(self) -> list[Shard]:
         carried, self.state.retry = self.state.retry, []
-        return self._pack(carried)
-
-    def _pack(self, items: Iterable[Pending]) -> list[Shard]:
-        st, s = self.state, self.settings
-        current: dict[tuple[str, str, int], Shard] = {}
-        made: list[Shard] = []
-        for p in items:
-            key = (p.endpoint, p.model, p.round)
-            limit = min(s.batch_size, st.group_limits.get(p.model, MAX_FILE_REQUESTS))
-            shard = current.get(key)
-            if (
-                shard is None
-                or len(shard.lines) >= limit
-                or shard.bytes + p.bytes > MAX_FILE_BYTES
-                or (s.batch_max_tokens and shard.tokens + p.tokens > s.batch_max_tokens)
-            ):
-                shard = Shard(
-                    id=f"s{st.next_shard:05d}", endpoint=p.endpoint, model=p.model, round=p.round
-                )
-                st.next_shard += 1
-                current[key] = shard
-                made.append(shard)
-            shard.lines[p.id] = p.line
-            shard.bytes += p.bytes
-            shard.tokens += p.tokens
-            shard.metadata = shard.metadata or p.metadata
-            if p.list_input:
-                shard.list_inputs.append(p.id)
-        for shard in made:
-            # File order, so line k of the batch file is the k-th entry (validation errors
-            # name file lines).
-            shard.lines = dict(sorted(shard.lines.items(), key=lambda kv: kv[1]))
-            shard.requests = len(shard.lines)
-        st.shards.extend(made)
-        return made
+        return pack(self.state, self.settings, carried)
 
     def _shard_file(self, shard: Shard) -> Path:
         return self.workdir / f"{shard.id}.jsonl"
 
-    def _materialize(self, shards: list[Shard]) -> None:
+    def materialize(self, shards: list[Shard]) -> None:
         """Write the batch files of `shards` in one pass over INPUT (runs in a thread)."""
-        where: dict[int, tuple[Shard, str]] = {}
-        for shard in shards:
-            for cid, line in shard.lines.items():
-                where[line] = (shard, cid)
-        files = {s.id: self._shard_file(s).open("wb") for s in shards}
-        try:
-            with self.input.open("rb") as f:
-                for line, raw in enumerate(f, start=1):
-                    hit = where.pop(line, None)
-                    if hit is None:
-                        continue
-                    shard, cid = hit
-                    req = parse_line(raw, line, self.job.model)
-                    if not isinstance(req, Request) or req.id != cid:
-                        raise UsageError(
-                            f"{self.input}:{line} no longer holds request {cid!r}"
-                            "; the input changed under a running job"
-                        )
-                    files[shard.id].write(orjson.dumps(batch_line(req)) + b"\n")
-        finally:
-            for fh in files.values():
-                fh.close()
-        if where:
-            raise UsageError(f"{self.input} is shorter than when its batches were planned")
-
-    def _read_metadata(self, lines: set[int]) -> dict[int, Any]:
-        found: dict[int, Any] = {}
-        with self.input.open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                if line in lines:
-                    req = parse_line(raw, line, self.job.model)
-                    if isinstance(req, Request) and req.metadata is not None:
-                        found[line] = req.metadata
-        return found
+        write_shard_files(self.input, self.job.model, shards, self._shard_file)
 
     # -- supervising ----------------------------------------------------------------------------
     async def supervise(self) -> RunOutcome:
@@ -348,7 +275,7 @@ class BatchRun:
     async def _upload(self, shard: Shard) -> None:
         path = self._shard_file(shard)
         if not path.exists():
-            await asyncio.to_thread(self._materialize, [shard])
+            await asyncio.to_thread(self.materialize, [shard])
         name = f"burstq-{self.state.run_id}-{shard.id}.jsonl"
         async with self._uploads:
             try:
@@ -530,7 +457,9 @@ class BatchRun:
     # -- collecting -----------------------------------------------------------------------------
     async def _collect(self, shard: Shard, batch: dict[str, Any]) -> None:
         meta = (
-            await asyncio.to_thread(self._read_metadata, set(shard.lines.values()))
+            await asyncio.to_thread(
+                read_metadata, self.input, self.job.model, set(shard.lines.values())
+            )
             if shard.metadata
             else {}
         )
@@ -548,8 +477,16 @@ class BatchRun:
             if out.verdict == "retry" and shard.round < self.settings.max_rounds:
                 carried.append(pending_of(shard, cid, line, out.error, cid in list_inputs))
                 return
-            result = self._result(
-                shard, cid, line, out, latency, meta.get(line), cid in list_inputs
+            result = line_result(
+                shard,
+                cid,
+                line,
+                out,
+                latency,
+                meta.get(line),
+                cid in list_inputs,
+                self.job.max_output_chars,
+                self.prices.cost,
             )
             records.append(self._emit(result, out))
             self.done.add(line)
@@ -622,45 +559,6 @@ class BatchRun:
             dest.unlink(missing_ok=True)
             return None
         return dest
-
-    def _result(
-        self,
-        shard: Shard,
-        cid: str,
-        line: int,
-        out: LineOutcome,
-        latency: float | None,
-        metadata: Any,
-        list_input: bool,
-    ) -> Result:
-        result = Result(
-            request_id=cid,
-            line=line,
-            status="failed",
-            model=shard.model,
-            latency_ms=latency,
-            attempts=shard.round,
-            metadata=metadata,
-            finished_at=now_iso(),
-            error=out.error,
-        )
-        body = out.body
-        if out.verdict != "completed" or body is None:
-            return result
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        text, vectors = extract_output(shard.endpoint, body)
-        if text is not None:
-            text = text.strip()
-            if len(text) > self.job.max_output_chars:
-                text, result.truncated = text[: self.job.max_output_chars], True
-        result.status, result.error = "completed", None
-        result.output, result.usage = text, usage
-        if vectors is not None:
-            result.embedding = vectors if list_input else vectors[0]
-        # The answering snapshot (e.g. gpt-4o-mini-2024-07-18) is what the body names.
-        result.model_used = str(body.get("model") or shard.model)
-        result.cost_usd = self.prices.cost(shard.model, usage, batch=True)
-        return result
 
     def _emit(self, result: Result, out: LineOutcome | None) -> dict[str, Any]:
         self.tally.count(result)

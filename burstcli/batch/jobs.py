@@ -9,7 +9,6 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,24 +19,13 @@ from ..files.journal import Journal, open_for_resume
 from ..files.reader import FileSource, file_digest
 from ..models import InvalidLine, RunOutcome, Tally
 from ..money.budget import Budget, worst_case
-from .driver import MAX_FILE_REQUESTS, OUTPUT_FORMATS, TERMINAL, BatchRun
+from .driver import OUTPUT_FORMATS, TERMINAL, BatchRun
+from .plan import MAX_FILE_REQUESTS, BatchSettings
 from .provider import Provider, classify_exception, make_client
 from .state import BatchState, batch_state_path, load_state, public_url
 
 if TYPE_CHECKING:
     from ..money.pricing import PriceBook
-
-
-@dataclass(slots=True)
-class BatchSettings:
-    batch_size: int
-    completion_window: str
-    output_format: str
-    max_rounds: int
-    poll_first: float
-    poll_max: float
-    backoff_base: float = 0.5
-    batch_max_tokens: int | None = None
 
 
 def batch_settings(
@@ -230,7 +218,7 @@ async def _run(
         run.plan_new(src)
         fresh = [s for s in state.shards if s.state == "new"]
         if fresh:
-            await asyncio.to_thread(run._materialize, fresh)
+            await asyncio.to_thread(run.materialize, fresh)
         if on_ready is not None:
             on_ready(run)
         return await run.supervise()

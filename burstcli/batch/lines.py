@@ -5,7 +5,7 @@ Pure functions: no provider calls, no state; `driver.py` uses them to pack and t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from ..files.answers import extract_output
-from ..models import ENDPOINT_PATHS, Request
+from ..models import ENDPOINT_PATHS, Request, Result, now_iso
 from .state import Pending, Shard
 
 
@@ -233,3 +233,45 @@ def pendings(shard: Shard) -> list[Pending]:
         pending_of(shard, cid, line, None, cid in lists, same_round=True)
         for cid, line in shard.lines.items()
     ]
+
+
+def line_result(
+    shard: Shard,
+    cid: str,
+    line: int,
+    out: LineOutcome,
+    latency: float | None,
+    metadata: Any,
+    list_input: bool,
+    max_output_chars: int,
+    price: Callable[..., float | None],
+) -> Result:
+    """The record of one request from what its batch line said."""
+    result = Result(
+        request_id=cid,
+        line=line,
+        status="failed",
+        model=shard.model,
+        latency_ms=latency,
+        attempts=shard.round,
+        metadata=metadata,
+        finished_at=now_iso(),
+        error=out.error,
+    )
+    body = out.body
+    if out.verdict != "completed" or body is None:
+        return result
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    text, vectors = extract_output(shard.endpoint, body)
+    if text is not None:
+        text = text.strip()
+        if len(text) > max_output_chars:
+            text, result.truncated = text[:max_output_chars], True
+    result.status, result.error = "completed", None
+    result.output, result.usage = text, usage
+    if vectors is not None:
+        result.embedding = vectors if list_input else vectors[0]
+    # The answering snapshot (e.g. gpt-4o-mini-2024-07-18) is what the body names.
+    result.model_used = str(body.get("model") or shard.model)
+    result.cost_usd = price(shard.model, usage, batch=True)
+    return result

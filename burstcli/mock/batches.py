@@ -12,34 +12,37 @@ import math
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from ..mock.server import (
-    _DIRECTIVE_RE,
-    _INVALID_JSON_MESSAGE,
+from .live import (
+    chat_reply,
+    check_auth,
+    choose_fault,
+    embeddings_reply,
+    fault_reply,
+    model_not_found,
+    parse_chat,
+    parse_embeddings,
+    to_response,
+)
+from .state import (
+    DIRECTIVE_RE,
+    INVALID_JSON_MESSAGE,
     ORGANIZATION,
     STATE_KEY,
     Endpoint,
+    MockBatch,
+    MockFile,
     MockState,
-    _bad_request,
-    _ceil_div4,
-    _chat_reply,
-    _check_auth,
-    _choose_fault,
-    _embeddings_reply,
-    _error,
-    _fault_reply,
-    _model_not_found,
-    _parse_chat,
-    _parse_embeddings,
-    _Parsed,
-    _Reply,
-    _server_error,
-    _to_response,
+    Parsed,
+    Reply,
+    bad_request,
+    ceil_div4,
+    error,
+    server_error,
 )
 
 BATCH_ENDPOINTS: Final[dict[str, Endpoint]] = {
@@ -56,95 +59,22 @@ _BATCH_DIRECTIVE_RE: Final = re.compile(r"\[\[mock:(expire|batchfail)(?:\*(\d+))
 _EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
 
 
-@dataclass
-class _MockFile:
-    id: str
-    filename: str
-    purpose: str
-    content: bytes
-    created_at: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.content),
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "status_details": None,
-            "expires_at": None,
-        }
-
-
-@dataclass
-class _MockBatch:
-    id: str
-    endpoint: str
-    model: str | None
-    input_file_id: str
-    completion_window: str
-    metadata: dict[str, Any] | None
-    created_at: int  # wall clock (what clients see)
-    started: float  # MockState.clock() at creation: drives the fast-forwarded lifecycle
-    seconds: float
-    lines: list[dict[str, Any]]
-    errors: list[dict[str, Any]]  # validation errors: the batch fails once validated
-    tokens: int
-    status: str = "validating"
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    completed: int = 0
-    failed: int = 0
-    stamps: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        stamps = self.stamps
-        return {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": self.endpoint,
-            "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
-            "input_file_id": self.input_file_id,
-            "completion_window": self.completion_window,
-            "status": self.status,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": self.created_at,
-            "in_progress_at": stamps.get("in_progress_at"),
-            "expires_at": self.created_at + 86_400,
-            "finalizing_at": stamps.get("finalizing_at"),
-            "completed_at": stamps.get("completed_at"),
-            "failed_at": stamps.get("failed_at"),
-            "expired_at": stamps.get("expired_at"),
-            "cancelling_at": stamps.get("cancelling_at"),
-            "cancelled_at": stamps.get("cancelled_at"),
-            "request_counts": {
-                "total": len(self.lines),
-                "completed": self.completed,
-                "failed": self.failed,
-            },
-            "metadata": self.metadata,
-        }
-
-
 def _new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def _not_found(kind: str, object_id: str) -> _Reply:
-    return _error(
+def _not_found(kind: str, object_id: str) -> Reply:
+    return error(
         404, f"No such {kind} object: {object_id}", "invalid_request_error", code="not_found"
     )
 
 
-def _json_reply(obj: Any) -> _Reply:
-    return _Reply(status=200, body=orjson.dumps(obj))
+def _json_reply(obj: Any) -> Reply:
+    return Reply(status=200, body=orjson.dumps(obj))
 
 
-def _store_file(state: MockState, filename: str, purpose: str, content: bytes) -> _MockFile:
-    f = _MockFile(_new_id("file-"), filename, purpose, content, int(time.time()))
+def _store_file(state: MockState, filename: str, purpose: str, content: bytes) -> MockFile:
+    f = MockFile(_new_id("file-"), filename, purpose, content, int(time.time()))
     state.files[f.id] = f
     return f
 
@@ -228,7 +158,7 @@ def _validate_batch_lines(
             model = body["model"]
             lines.append(obj)
             prompt = body.get("messages", body.get("input"))
-            tokens += _ceil_div4(len(orjson.dumps(prompt)))
+            tokens += ceil_div4(len(orjson.dumps(prompt)))
     if not lines and not errors:
         err("empty_file", "The input file is empty.", None)
     if len(lines) > BATCH_MAX_REQUESTS:
@@ -240,7 +170,7 @@ def _validate_batch_lines(
     return lines, errors, model, tokens
 
 
-def _batch_fault(state: MockState, parsed: _Parsed) -> str | None:
+def _batch_fault(state: MockState, parsed: Parsed) -> str | None:
     """The batch-only directive (expire, batchfail) that applies to this line, if any."""
     match = _BATCH_DIRECTIVE_RE.search(parsed.prompt)
     if match is None:
@@ -263,8 +193,8 @@ def _answer_batch_line(
         "response": None,
         "error": None,
     }
-    parsed = _parse_chat(body, model) if endpoint == "chat" else _parse_embeddings(body, model)
-    if isinstance(parsed, _Reply):
+    parsed = parse_chat(body, model) if endpoint == "chat" else parse_embeddings(body, model)
+    if isinstance(parsed, Reply):
         reply = parsed
     else:
         state.attempt(parsed.prompt)
@@ -273,26 +203,26 @@ def _answer_batch_line(
             out["error"] = {"code": "batch_expired", "message": _EXPIRED_MESSAGE}
             return out, "expired"
         if batch_fault == "batchfail":
-            reply = _server_error(500)
+            reply = server_error(500)
         elif cfg.models is not None and model not in cfg.models:
-            reply = _model_not_found(model)
+            reply = model_not_found(model)
         elif model in cfg.broken_models:
-            reply = _server_error(500)
+            reply = server_error(500)
         else:
             # Only explicit directives here: random faults model a flaky network, which a
             # batch line never crosses.
-            fault = _choose_fault(state, parsed) if _DIRECTIVE_RE.search(parsed.prompt) else None
+            fault = choose_fault(state, parsed) if DIRECTIVE_RE.search(parsed.prompt) else None
             if fault is not None:
                 state.fault(fault)
             if fault in ("timeout", "reset", "malformed"):
                 # What a batch worker makes of a hang or a broken upstream answer.
-                reply = _server_error(504 if fault == "timeout" else 500)
+                reply = server_error(504 if fault == "timeout" else 500)
             elif fault is not None:
-                reply = _fault_reply(fault, parsed, state)
+                reply = fault_reply(fault, parsed, state)
             elif endpoint == "chat":
-                reply = _chat_reply(parsed, empty=False)
+                reply = chat_reply(parsed, empty=False)
             else:
-                reply = _embeddings_reply(parsed, cfg.embedding_dim, empty=False)
+                reply = embeddings_reply(parsed, cfg.embedding_dim, empty=False)
     state.batch_answered(reply.completed_prompt)
     out["response"] = {
         "status_code": reply.status,
@@ -302,7 +232,7 @@ def _answer_batch_line(
     return out, "completed" if reply.status < 400 else "failed"
 
 
-def _finish_batch(state: MockState, batch: _MockBatch) -> None:
+def _finish_batch(state: MockState, batch: MockBatch) -> None:
     endpoint = BATCH_ENDPOINTS[batch.endpoint]
     outputs: list[bytes] = []
     errors: list[bytes] = []
@@ -323,7 +253,7 @@ def _finish_batch(state: MockState, batch: _MockBatch) -> None:
         ).id
     if errors:
         batch.error_file_id = _store_file(
-            state, f"{batch.id}_error.jsonl", "batch_output", b"".join(errors)
+            state, f"{batch.id}error.jsonl", "batch_output", b"".join(errors)
         ).id
     end = batch.created_at + math.ceil(batch.seconds)
     if expired:
@@ -334,7 +264,7 @@ def _finish_batch(state: MockState, batch: _MockBatch) -> None:
         batch.stamps["completed_at"] = end
 
 
-def _advance_batch(state: MockState, batch: _MockBatch) -> None:
+def _advance_batch(state: MockState, batch: MockBatch) -> None:
     """Bring a batch to where its clock says it is (batches move when looked at)."""
     if batch.status in _BATCH_TERMINAL or batch.status == "cancelling":
         return
@@ -374,11 +304,11 @@ def _enqueued_tokens(state: MockState, model: str | None) -> int:
 async def _upload_file(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     request_id = _new_id("req_")
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
-        return _to_response(auth_error, request_id)
+        return to_response(auth_error, request_id)
     if not request.content_type.startswith("multipart/"):
-        return _to_response(_bad_request("Expected a multipart/form-data body.", None), request_id)
+        return to_response(bad_request("Expected a multipart/form-data body.", None), request_id)
     purpose: str | None = None
     filename: str | None = None
     content: bytes | None = None
@@ -394,23 +324,23 @@ async def _upload_file(request: web.Request) -> web.StreamResponse:
             filename = part.filename or "upload"
             content = bytes(await part.read())
     if content is None or filename is None:
-        return _to_response(_bad_request("Missing required parameter: 'file'.", "file"), request_id)
+        return to_response(bad_request("Missing required parameter: 'file'.", "file"), request_id)
     if purpose not in _FILE_PURPOSES:
-        return _to_response(
-            _bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose"), request_id
+        return to_response(
+            bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose"), request_id
         )
     if purpose == "batch" and not filename.endswith(".jsonl"):
-        return _to_response(
-            _bad_request("Batch input files must be .jsonl files.", "file"), request_id
+        return to_response(
+            bad_request("Batch input files must be .jsonl files.", "file"), request_id
         )
     stored = _store_file(state, filename, purpose, content)
     state.file_uploaded()
-    return _to_response(_json_reply(stored.to_dict()), request_id)
+    return to_response(_json_reply(stored.to_dict()), request_id)
 
 
-def _find_file(request: web.Request) -> _MockFile | _Reply:
+def _find_file(request: web.Request) -> MockFile | Reply:
     state = request.app[STATE_KEY]
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
         return auth_error
     file_id = request.match_info["file_id"]
@@ -421,53 +351,51 @@ def _find_file(request: web.Request) -> _MockFile | _Reply:
 async def _list_files(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     request_id = _new_id("req_")
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
-        return _to_response(auth_error, request_id)
+        return to_response(auth_error, request_id)
     purpose = request.query.get("purpose")
     data = [
         f.to_dict()
         for f in reversed(state.files.values())
         if purpose is None or f.purpose == purpose
     ]
-    return _to_response(
-        _json_reply({"object": "list", "data": data, "has_more": False}), request_id
-    )
+    return to_response(_json_reply({"object": "list", "data": data, "has_more": False}), request_id)
 
 
 async def _get_file(request: web.Request) -> web.StreamResponse:
     found = _find_file(request)
-    reply = found if isinstance(found, _Reply) else _json_reply(found.to_dict())
-    return _to_response(reply, _new_id("req_"))
+    reply = found if isinstance(found, Reply) else _json_reply(found.to_dict())
+    return to_response(reply, _new_id("req_"))
 
 
 async def _file_content(request: web.Request) -> web.StreamResponse:
     found = _find_file(request)
-    if isinstance(found, _Reply):
-        return _to_response(found, _new_id("req_"))
-    reply = _Reply(status=200, body=found.content, content_type="application/octet-stream")
-    return _to_response(reply, _new_id("req_"))
+    if isinstance(found, Reply):
+        return to_response(found, _new_id("req_"))
+    reply = Reply(status=200, body=found.content, content_type="application/octet-stream")
+    return to_response(reply, _new_id("req_"))
 
 
 async def _create_batch(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     request_id = _new_id("req_")
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
-        return _to_response(auth_error, request_id)
+        return to_response(auth_error, request_id)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
-        return _to_response(_bad_request(_INVALID_JSON_MESSAGE, None), request_id)
+        return to_response(bad_request(INVALID_JSON_MESSAGE, None), request_id)
     endpoint = body.get("endpoint")
     window = body.get("completion_window")
     file_id = body.get("input_file_id")
     metadata = body.get("metadata")
     if endpoint not in BATCH_ENDPOINTS:
-        return _to_response(
-            _bad_request(
+        return to_response(
+            bad_request(
                 f"Invalid value for 'endpoint': {endpoint!r} (the mock supports "
                 f"{', '.join(BATCH_ENDPOINTS)}).",
                 "endpoint",
@@ -475,23 +403,23 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
             request_id,
         )
     if window != "24h":
-        return _to_response(
-            _bad_request(
+        return to_response(
+            bad_request(
                 f"Invalid value for 'completion_window': {window!r}. Supported values are: '24h'.",
                 "completion_window",
             ),
             request_id,
         )
     if metadata is not None and not isinstance(metadata, dict):
-        return _to_response(
-            _bad_request("Invalid 'metadata': expected an object.", "metadata"), request_id
+        return to_response(
+            bad_request("Invalid 'metadata': expected an object.", "metadata"), request_id
         )
     source = state.files.get(file_id) if isinstance(file_id, str) else None
     if source is None:
-        return _to_response(_not_found("File", str(file_id)), request_id)
+        return to_response(_not_found("File", str(file_id)), request_id)
     if source.purpose != "batch":
-        return _to_response(
-            _bad_request(
+        return to_response(
+            bad_request(
                 f"The input file {file_id} must be uploaded with purpose 'batch'.", "input_file_id"
             ),
             request_id,
@@ -509,7 +437,7 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
                 "line": None,
             }
         )
-    batch = _MockBatch(
+    batch = MockBatch(
         id=_new_id("batch_"),
         endpoint=endpoint,
         model=model,
@@ -526,12 +454,12 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
     state.batches[batch.id] = batch
     state.batch_created(len(lines))
     _advance_batch(state, batch)
-    return _to_response(_json_reply(batch.to_dict()), request_id)
+    return to_response(_json_reply(batch.to_dict()), request_id)
 
 
-def _find_batch(request: web.Request) -> _MockBatch | _Reply:
+def _find_batch(request: web.Request) -> MockBatch | Reply:
     state = request.app[STATE_KEY]
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
         return auth_error
     batch_id = request.match_info["batch_id"]
@@ -544,24 +472,22 @@ def _find_batch(request: web.Request) -> _MockBatch | _Reply:
 
 async def _get_batch(request: web.Request) -> web.StreamResponse:
     found = _find_batch(request)
-    reply = found if isinstance(found, _Reply) else _json_reply(found.to_dict())
-    return _to_response(reply, _new_id("req_"))
+    reply = found if isinstance(found, Reply) else _json_reply(found.to_dict())
+    return to_response(reply, _new_id("req_"))
 
 
 async def _list_batches(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     request_id = _new_id("req_")
-    auth_error = _check_auth(request, state)
+    auth_error = check_auth(request, state)
     if auth_error is not None:
-        return _to_response(auth_error, request_id)
+        return to_response(auth_error, request_id)
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError:
         limit = 0
     if not 1 <= limit <= 100:
-        return _to_response(
-            _bad_request("Invalid 'limit': expected 1 to 100.", "limit"), request_id
-        )
+        return to_response(bad_request("Invalid 'limit': expected 1 to 100.", "limit"), request_id)
     newest_first = list(reversed(state.batches.values()))
     after = request.query.get("after")
     if after is not None:
@@ -577,16 +503,16 @@ async def _list_batches(request: web.Request) -> web.StreamResponse:
         "last_id": page[-1].id if page else None,
         "has_more": len(newest_first) > limit,
     }
-    return _to_response(_json_reply(body), request_id)
+    return to_response(_json_reply(body), request_id)
 
 
 async def _cancel_batch(request: web.Request) -> web.StreamResponse:
     found = _find_batch(request)
-    if isinstance(found, _Reply):
-        return _to_response(found, _new_id("req_"))
+    if isinstance(found, Reply):
+        return to_response(found, _new_id("req_"))
     if found.status in _BATCH_TERMINAL:
-        return _to_response(
-            _bad_request(f"Cannot cancel a batch with status '{found.status}'.", None),
+        return to_response(
+            bad_request(f"Cannot cancel a batch with status '{found.status}'.", None),
             _new_id("req_"),
         )
     # Nothing runs before the batch finalizes here, so a cancelled batch has no answers.
@@ -594,7 +520,7 @@ async def _cancel_batch(request: web.Request) -> web.StreamResponse:
     found.status = "cancelled"
     found.stamps["cancelling_at"] = now
     found.stamps["cancelled_at"] = now
-    return _to_response(_json_reply(found.to_dict()), _new_id("req_"))
+    return to_response(_json_reply(found.to_dict()), _new_id("req_"))
 
 
 def add_routes(app: web.Application) -> None:
