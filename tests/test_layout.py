@@ -15,7 +15,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "burstcli"
 
 # Which rooms each room may import (besides itself). models/errors/config are the floor.
-FLOOR = {"models", "errors", "config"}
+FLOOR = {"models", "errors", "config", "redact"}
 ALLOWED: dict[str, set[str]] = {
     "cli": {"run", "files", "live", "batch", "money", "observe", "mock"} | FLOOR,
     "run": {"files", "live", "batch", "money", "observe", "mock"} | FLOOR,
@@ -25,9 +25,10 @@ ALLOWED: dict[str, set[str]] = {
     "money": {"files"} | FLOOR,
     "files": FLOOR,
     "mock": set(),
-    "config": {"errors", "models"},
+    "config": {"errors", "models", "redact"},
     "models": {"errors"},
     "errors": set(),
+    "redact": set(),
     "__main__": {"cli"},
     "__init__": set(),
 }
