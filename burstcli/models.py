@@ -139,6 +139,7 @@ class Result:
     finished_at: str = ""
     truncated: bool = False
     unanswered_attempts: int = 0
+    finish_reason: str | None = None  # chat: "stop", "length", "tool_calls", ...
     extra: dict[str, Any] = field(default_factory=dict)
     # The provider's last answer, kept for --output-format openai-batch; not in record().
     response_body: Any = None
@@ -172,6 +173,8 @@ class Result:
             metadata=self.metadata,
             finished_at=self.finished_at,
         )
+        if self.finish_reason is not None:
+            rec["finish_reason"] = self.finish_reason
         if self.truncated:
             rec["truncated"] = True
         if self.unanswered_attempts:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ..files.answers import extract_output
+from ..files.answers import extract_output, finish_reason
 from ..models import ENDPOINT_PATHS, Request, Result, now_iso
 from .state import Pending, Shard
 
@@ -273,5 +273,7 @@ def line_result(
         result.embedding = vectors if list_input else vectors[0]
     # The answering snapshot (e.g. gpt-4o-mini-2024-07-18) is what the body names.
     result.model_used = str(body.get("model") or shard.model)
+    if shard.endpoint == "chat":
+        result.finish_reason = finish_reason(body)
     result.cost_usd = price(shard.model, usage, batch=True)
     return result

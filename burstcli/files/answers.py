@@ -22,3 +22,12 @@ def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, lis
     if not content and message.get("tool_calls"):
         return orjson.dumps(message["tool_calls"]).decode(), None
     return (content if isinstance(content, str) else None), None
+
+
+def finish_reason(data: dict[str, Any]) -> str | None:
+    """Why the first choice stopped ("stop", "length", ...), when the answer says, as a string."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    reason = choices[0].get("finish_reason")
+    return reason[:40] if isinstance(reason, str) and reason else None

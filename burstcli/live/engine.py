@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FatalProviderError, UsageError
-from ..files.answers import extract_output
+from ..files.answers import extract_output, finish_reason
 from ..files.journal import Journal
 from ..models import (
     InvalidLine,
@@ -349,6 +349,7 @@ class Engine:
             finished_at=now_iso(),
             truncated=truncated,
             unanswered_attempts=unanswered,
+            finish_reason=finish_reason(data) if req.endpoint == "chat" else None,
             response_body=data,
             response_status=200,
             response_request_id=headers.get("x-request-id"),
