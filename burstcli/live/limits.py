@@ -18,6 +18,10 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .shared import SharedPacer
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -69,6 +73,27 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+def header_limits(
+    headers: Mapping[str, str],
+) -> tuple[float | None, float | None, tuple[float, float]]:
+    """What x-ratelimit-* headers say: (rpm limit, tpm limit, (requests hold, tokens hold)),
+    a hold being the seconds until a window whose remaining is 0 resets. For the shared
+    limiter, which applies them to everybody's budget in Redis."""
+    found: dict[str, float | None] = {}
+    hold = [0.0, 0.0]
+    for i, kind in enumerate(("requests", "tokens")):
+        raw = headers.get(f"x-ratelimit-limit-{kind}")
+        try:
+            limit = float(raw) if raw else None
+        except ValueError:
+            limit = None
+        found[kind] = limit if limit and limit > 0 else None
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if found[kind] and remaining is not None and remaining.strip() in ("0", "0.0"):
+            hold[i] = parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) or 0.0
+    return found["requests"], found["tokens"], (hold[0], hold[1])
 
 
 class Pacer:
@@ -150,6 +175,7 @@ class LimitsSnapshot:
     tpm_ceiling: float | None
     rate_limited: int
     paused_for: float
+    limiter: str | None = None  # shared limiter state ("shared", or why nothing is sent)
 
 
 class Limits:
@@ -165,6 +191,7 @@ class Limits:
         sleep: Sleep = asyncio.sleep,
         slow_start: bool = True,
         concurrency_given: bool = False,
+        shared: SharedPacer | None = None,
     ) -> None:
         self.max_concurrency = max(1, concurrency)
         self.user_rpm, self.user_tpm = rpm, tpm
@@ -182,6 +209,9 @@ class Limits:
         # once the first answer proves key and endpoint; otherwise the window starts at
         # INITIAL_WINDOW and grows by one per success (doubling per round trip).
         self._open_fully = self._told or concurrency_given
+        # With --limiter the rpm/tpm budget (pace, pause, learned ceilings) lives in Redis and
+        # the local pacers stay idle; the concurrency window is still this process's own.
+        self.shared = shared
 
     # -- the two waits every attempt goes through ------------------------------------------
     async def slot(self) -> None:
@@ -192,6 +222,9 @@ class Limits:
 
     async def pace(self, tokens: int) -> None:
         """Wait until a request costing `tokens` may be sent under every ceiling and pause."""
+        if self.shared is not None:
+            await self._pace_shared(self.shared, tokens)
+            return
         while True:
             now = self._clock()
             if now < self.paused_until:
@@ -204,6 +237,26 @@ class Limits:
                     continue  # a 429 arrived while we waited: book again after the pause
             return
 
+    async def _pace_shared(self, shared: SharedPacer, tokens: int) -> None:
+        while True:
+            now = self._clock()
+            paused = max(self.paused_until, shared.paused_until)
+            if now < paused:
+                await self._sleep(paused - now)
+                continue
+            start = await shared.reserve(tokens)  # one booking on the shared budget
+            self._sync_shared(shared)
+            now = self._clock()
+            if start > now:
+                await self._sleep(start - now)
+            if self._clock() < max(self.paused_until, shared.paused_until):
+                continue  # a 429 somewhere paused everybody while we waited: book again
+            return
+
+    def _sync_shared(self, shared: SharedPacer) -> None:
+        # The engine refuses a request bigger than the TPM ceiling: the shared one counts.
+        self.rpm_ceiling, self.tpm_ceiling = shared.rpm_ceiling, shared.tpm_ceiling
+
     # -- feedback ---------------------------------------------------------------------------
     def on_success(
         self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
@@ -211,8 +264,15 @@ class Limits:
         if real_tokens is not None and real_tokens > est_tokens:
             # Only debt: providers charge the estimate (max_tokens included) on arrival and
             # refund nothing, so giving unused tokens back would overrun their TPM.
-            self.tokens.adjust(real_tokens - est_tokens)
-        self._learn(headers)
+            if self.shared is not None:
+                self.shared.charge(real_tokens - est_tokens)
+            else:
+                self.tokens.adjust(real_tokens - est_tokens)
+        if self.shared is not None:
+            self.shared.succeeded()
+            self.shared.learn(*header_limits(headers))
+        else:
+            self._learn(headers)
         if not self._opened:
             self._opened = True
             full = self._open_fully or self.max_concurrency <= INITIAL_WINDOW
@@ -230,8 +290,20 @@ class Limits:
     def on_rate_limited(self, headers: Mapping[str, str], wait: float | None) -> None:
         """A 429 rate_limit_exceeded: pause everyone, then go on at a lower pace."""
         self.rate_limited += 1
-        self._learn(headers)
         now = self._clock()
+        if self.shared is not None:
+            # This process stops at once; the others as soon as their next booking returns
+            # (Redis slows the shared pace once per congestion event, as below).
+            pause = wait if wait is not None else 1.0
+            fresh = now >= self.paused_until
+            self.paused_until = max(self.paused_until, now + pause)
+            self.shared.learn(*header_limits(headers))
+            self.shared.rate_limited(pause)
+            if fresh and not self._told:
+                self._cwnd = max(1.0, self._cwnd / 2)
+                self.gate.set_limit(int(self._cwnd))
+            return
+        self._learn(headers)
         # 429s answered while a pause is on belong to the same congestion event (they were
         # all in flight together): slow down once per event, not once per 429.
         fresh = now >= self.paused_until
@@ -283,6 +355,19 @@ class Limits:
 
     def snapshot(self) -> LimitsSnapshot:
         now = self._clock()
+        if self.shared is not None:
+            sh = self.shared
+            return LimitsSnapshot(
+                concurrency=self.gate.limit,
+                in_flight=self.gate.active,
+                rpm=sh.rpm,
+                tpm=sh.tpm,
+                rpm_ceiling=sh.rpm_ceiling,
+                tpm_ceiling=sh.tpm_ceiling,
+                rate_limited=self.rate_limited,
+                paused_for=max(0.0, max(self.paused_until, sh.paused_until) - now),
+                limiter=sh.status,
+            )
         return LimitsSnapshot(
             concurrency=self.gate.limit,
             in_flight=self.gate.active,

@@ -52,6 +52,8 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
     parts.append(" ".join(limits))
     if tally.rate_limited:
         parts.append(f"{tally.rate_limited} 429s")
+    if snap.limiter:
+        parts.append(f"limiter {snap.limiter}")
     return " | ".join(parts)
 
 
@@ -143,6 +145,8 @@ class Reporter:
                 info += f" tpm≤{snap.tpm:,.0f}"
             if t.rate_limited:
                 info += f" [yellow]429s {t.rate_limited}[/]"
+            if snap.limiter and snap.limiter != "shared":
+                info += f" [red]limiter {snap.limiter}[/]"
             self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
         elif self.mode == "plain":
             print(status_line(self.tally, snap, elapsed), file=self.stream, flush=True)
