@@ -23,7 +23,9 @@ from typing import Any
 
 from . import harness as h
 from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure
+from .shared import shared
 
+SCENARIOS["shared"] = shared  # 7: the Redis limiter shared by several processes
 ALIASES = {str(i): name for i, name in enumerate(SCENARIOS, start=1)}
 
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         action="append",
         default=[],
-        help=f"run only these scenarios ({', '.join(SCENARIOS)} or 1-6); "
+        help=f"run only these scenarios ({', '.join(SCENARIOS)} or 1-{len(SCENARIOS)}); "
         "repeatable or comma-separated",
     )
     ap.add_argument("--json", metavar="PATH", type=Path, help="write the figures as JSON")

@@ -275,7 +275,7 @@ def test_redis_stopped_mid_run_pauses_sending_and_resumes(
     assert srv.stats(settle=0)["requests_total"] == sent_at_outage  # nothing sent meanwhile
     assert sent_at_outage < n
     redis_server.start()
-    (code, err), = finish([proc])
+    ((code, err),) = finish([proc])
     assert code == 0, err
     assert "unreachable" in err and "reachable again" in err
     assert "limiter redis unreachable" in err  # on the status line
@@ -294,13 +294,13 @@ def test_outage_past_max_wait_stops_resumably(tmp_path: Path, server, redis_serv
     while srv.stats(settle=0)["requests_total"] < 10:
         time.sleep(0.02)
     redis_server.stop()
-    (code, err), = finish([proc])
+    ((code, err),) = finish([proc])
     assert code == 2, err
     assert "limiter_unavailable" in err and "rerun the same command to resume" in err
     done = len(read_jsonl(out))
     assert 0 < done < n
     redis_server.start()
-    (code, err), = finish([spawn(srv, inp, out, *args)])
+    ((code, err),) = finish([spawn(srv, inp, out, *args)])
     assert code == 0, err
     one_record_per_line(out, n)
     assert srv.stats()["requests_total"] == n  # nothing sent twice
@@ -317,7 +317,7 @@ def test_killed_process_rerun_finishes_exactly_once(tmp_path: Path, server, redi
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    (code, err), = finish([spawn(srv, inp, out, *args)])
+    ((code, err),) = finish([spawn(srv, inp, out, *args)])
     assert code == 0, err
     one_record_per_line(out, n)
     stats = srv.stats()
@@ -351,7 +351,9 @@ def test_password_from_env_works_and_is_never_printed(tmp_path: Path, server) ->
         assert TEST_KEY not in row["key"]
         res = run_cli(["limiter", "status", url])
         assert password not in res.output and "redis://:***@" in res.output
-        bad = run_cli(["limiter", "status", f"redis://:wrong-{password}@127.0.0.1:{srv_redis.port}"])
+        bad = run_cli(
+            ["limiter", "status", f"redis://:wrong-{password}@127.0.0.1:{srv_redis.port}"]
+        )
         assert bad.exit_code == 2 and password not in bad.output
         # Nothing in Redis holds the API key.
         r = srv_redis.client(password)
