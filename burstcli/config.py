@@ -31,6 +31,33 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RowTask:
+    """A labeling task: INPUT is data rows, each rendered into one chat request.
+
+    Built once from --prompt/--system/--schema/--template (files/template.py resolves files
+    and the schema), so what enters the resume fingerprint is the content, not a path.
+    """
+
+    input_format: str  # csv | tsv | jsonl | parquet
+    prompt: str
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None  # the JSON Schema asked for (before the strict form)
+    id_column: str | None = None
+    model: str | None = None  # the template file's model, when it names one
+
+    def shaping(self) -> dict[str, Any]:
+        return {
+            "input_format": self.input_format,
+            "prompt": self.prompt,
+            "system": self.system,
+            "params": self.params,
+            "schema": self.schema,
+            "id_column": self.id_column,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to read, what to write, and what shapes the requests (the resume fingerprint)."""
 
@@ -43,12 +70,15 @@ class JobSpec:
     output_format: str = "burstq"  # burstq | openai-batch
     max_output_chars: int = 50_000
     stdin_window: int = 10_000
+    task: RowTask | None = None  # INPUT is data rows (None: request lines)
 
     def shaping(self) -> dict[str, Any]:
         """Options that change what is sent: a resume with other values would mix two jobs."""
         shape: dict[str, Any] = {"model": self.model}
         if self.output_format != "burstq":
             shape["output_format"] = self.output_format
+        if self.task is not None:
+            shape["task"] = self.task.shaping()
         return shape
 
 
@@ -104,6 +134,7 @@ class RunConfig:
     completion_window: str = "24h"
     batch_poll: float | None = None  # first poll interval (default 5 s, 0.5 s simulated)
     output_format: str = "burstq"  # burstq | openai-batch
+    task: RowTask | None = None
 
     @property
     def provider(self) -> ProviderSpec:
@@ -121,6 +152,7 @@ class RunConfig:
             output_format=self.output_format,
             max_output_chars=self.max_output_chars,
             stdin_window=self.stdin_window,
+            task=self.task,
         )
 
     @property
