@@ -53,6 +53,8 @@ class RowTask:
             "system": self.system,
             "params": self.params,
             "schema": self.schema,
+            # Field order, which the sidecar's sorted keys lose: export's column order.
+            "fields": list((self.schema or {}).get("properties") or {}),
             "id_column": self.id_column,
         }
 

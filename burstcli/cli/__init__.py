@@ -7,7 +7,7 @@ May import: config, run and, lazily inside commands, any room below.
 
 from __future__ import annotations
 
-from . import batch, inspect, mock, run  # noqa: F401 - registers the commands
+from . import batch, export, inspect, mock, run  # noqa: F401 - registers the commands
 from .app import app
 
 

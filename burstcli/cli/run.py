@@ -23,7 +23,9 @@ from .options import (
     FallbackModelOpt,
     FsyncOpt,
     GraceOpt,
+    IdColumnOpt,
     InputArg,
+    InputFormatOpt,
     MaxCostOpt,
     MaxOutputCharsOpt,
     MaxRetriesOpt,
@@ -33,13 +35,17 @@ from .options import (
     OutputOpt,
     PricesOpt,
     ProgressOpt,
+    PromptOpt,
     PushgatewayOpt,
     QuietOpt,
     RestartOpt,
     RetryFailedOpt,
     RpmOpt,
+    SchemaOpt,
     SimulateOpt,
     StatusEveryOpt,
+    SystemOpt,
+    TemplateOpt,
     TimeoutOpt,
     TpmOpt,
     ViaOpt,
@@ -68,6 +74,7 @@ def _resume_hint(api_key: str | None) -> str:
 @app.command()
 @boundary
 def run(
+    ctx: typer.Context,
     input: InputArg,
     output: OutputOpt = None,
     model: ModelOpt = "gpt-4o-mini",
@@ -100,8 +107,15 @@ def run(
     batch_poll: BatchPollOpt = None,
     output_format: OutputFormatOpt = "burstq",
     fail_on_error_rate: FailOnErrorRateOpt = None,
+    prompt: PromptOpt = None,
+    system: SystemOpt = None,
+    template: TemplateOpt = None,
+    schema: SchemaOpt = None,
+    id_column: IdColumnOpt = None,
+    input_format: InputFormatOpt = None,
 ) -> None:
-    """Process a request file: every line gets exactly one record in OUTPUT.
+    """Process a request file (or data rows through a prompt template): every line or row
+    gets exactly one record in OUTPUT.
 
     Rerun the same command after any interruption to resume; finished requests are never
     sent again.
@@ -113,9 +127,18 @@ def run(
         burstq run samples/quickstart.jsonl -o out.jsonl --simulate
 
         burstq run big.jsonl -o big.responses.jsonl --via batch --batch-size 20000
+
+        burstq run samples/reviews.csv -o labels.jsonl --template samples/reviews.toml --simulate
     """
     from ..config import RunConfig
     from ..run import execute
+    from .rows import task_options
+
+    task, model = task_options(
+        ctx, input, model, prompt, system, template, schema, id_column, input_format
+    )
+    if task is not None and output_format != "burstq":
+        raise UsageError("--output-format openai-batch is for request files, not data rows")
 
     if output is None:
         output = "-" if input == "-" else str(_default_output(input))
@@ -164,6 +187,7 @@ def run(
         completion_window=completion_window,
         batch_poll=batch_poll,
         output_format=output_format,
+        task=task,
     )
     report = execute(cfg)
     outcome = report.outcome
@@ -197,5 +221,9 @@ def run(
 
 def _default_output(input: str) -> Path:
     p = Path(input)
-    stem = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    stem = p.name
+    for ext in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
     return p.with_name(stem + ".responses.jsonl")
