@@ -173,7 +173,7 @@ class Renderer:
             which = "system" if task.system and exc.source == task.system else "prompt"
             raise UsageError(f"{which} template, line {exc.lineno}: {exc.message}") from exc
         self.task = task
-        self.model = task.model or default_model
+        self.model = default_model  # the caller resolved --model against the file's model
         self.id_column = task.id_column
         self._params = dict(task.params)
         # One object for every row: the engine finds its validator by identity.
