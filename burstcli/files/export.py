@@ -60,8 +60,9 @@ def out_format(dest: str, given: str | None) -> str:
 class _Index:
     """line -> (which OUTPUT, byte offset of its record)."""
 
-    def __init__(self, outputs: list[Path]) -> None:
+    def __init__(self, outputs: list[Path], *, need_keys: bool = True) -> None:
         self.outputs = outputs
+        self.need_keys = need_keys  # collect parsed keys (no schema names the label columns)
         self.offsets = array("q")
         self.files = array("H")
         self.parsed_keys: dict[str, None] = {}  # first-seen order
@@ -82,11 +83,14 @@ class _Index:
                     break  # a torn last line (a run still going, or killed): not a record
                 if not raw.strip():
                     continue
-                try:
-                    rec = orjson.loads(raw)
-                    line = int(rec["line"])
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise InputError(f"{path}:{n}: not a burstq record ({exc})") from exc
+                rec: Any = None
+                line = _fast_line(raw) if not self.need_keys else None
+                if line is None:
+                    try:
+                        rec = orjson.loads(raw)
+                        line = int(rec["line"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                        raise InputError(f"{path}:{n}: not a burstq record ({exc})") from exc
                 if line < 1:
                     raise InputError(f"{path}:{n}: record with line {line}")
                 if line >= len(self.offsets):
@@ -102,7 +106,7 @@ class _Index:
                 self.files[line] = i
                 self.offsets[line] = start
                 self.max_line = max(self.max_line, line)
-                parsed = rec.get("parsed")
+                parsed = rec.get("parsed") if isinstance(rec, dict) else None
                 if isinstance(parsed, dict):
                     for k in parsed:
                         self.parsed_keys.setdefault(str(k), None)
@@ -113,6 +117,23 @@ class _Index:
     def lines(self) -> Iterator[int]:
         files = self.files
         return (n for n in range(1, self.max_line + 1) if files[n])
+
+
+_LINE_KEY = b'","line":'
+
+
+def _fast_line(raw: bytes) -> int | None:
+    """The `line` of a record as burstq writes it (`{"request_id":"...","line":N,`) without
+    parsing the rest; None for anything else (then it is parsed in full). The id is a JSON
+    string, so its bytes hold no unescaped quote: the first match is the top-level key."""
+    if not raw.startswith(b'{"request_id":"'):
+        return None
+    i = raw.find(_LINE_KEY)
+    if i < 0:
+        return None
+    j = raw.find(b",", i + len(_LINE_KEY))
+    digits = raw[i + len(_LINE_KEY) : j]
+    return int(digits) if digits.isdigit() else None
 
 
 class _Records:
@@ -183,7 +204,7 @@ def export(
     task = (fingerprint.get("shaping") or {}).get("task")
     if task is not None and in_path is None:
         raise UsageError("the run read data rows from stdin: give that data with --input FILE")
-    index = _Index(outputs)
+    index = _Index(outputs, need_keys=not (task and task.get("fields")))
     records = _Records(index)
     try:
         if task is not None and in_path is not None:

@@ -116,16 +116,27 @@ def check_schema(schema: dict[str, Any]) -> None:
         raise UsageError(f"schema: {problem}")
 
 
+_CHECKED: dict[bytes, str | None] = {}
+
+
 def schema_problem(schema: Any) -> str | None:
+    """What makes `schema` not a JSON Schema (None: fine). Remembered per distinct schema: a
+    file of a million lines usually carries one schema, and checking one costs milliseconds."""
     from jsonschema import SchemaError, validators
 
     if not isinstance(schema, dict):
         return "a JSON Schema must be an object"
+    key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    if key in _CHECKED:
+        return _CHECKED[key]
+    problem = None
     try:
         validators.validator_for(schema).check_schema(schema)
     except SchemaError as exc:
-        return f"not a valid JSON Schema: {_cut(exc.message)}"
-    return None
+        problem = f"not a valid JSON Schema: {_cut(exc.message)}"
+    if len(_CHECKED) < 1024:
+        _CHECKED[key] = problem
+    return problem
 
 
 def strict(schema: dict[str, Any]) -> dict[str, Any]:
