@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from . import harness as h
-from .scenarios import BenchError, Context, Figure
+
+if TYPE_CHECKING:
+    from .scenarios import Context
 
 PROMPT = "Review: {{ text }}"
 SCHEMA = "label: one of pos/neg, score float"
@@ -102,6 +105,8 @@ def _done_records(inp: Path, out: Path, n_done: int, n: int, *, shuffle: bool) -
 
 
 def labeling(ctx: Context) -> None:
+    from .scenarios import BenchError, Figure  # scenarios.py registers this module
+
     s = ctx.sizes
     n, big = s.memory_sent, s.memory_big
     rows_in = _csv(ctx.workdir / f"rows-{n}.csv", n)

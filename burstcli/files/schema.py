@@ -262,6 +262,8 @@ class Validator:
                 )
             return value
         assert self._check is not None
+        if self._check.is_valid(value):  # the common case, without building any error
+            return value
         from jsonschema.exceptions import best_match
 
         error = best_match(self._check.iter_errors(value))
