@@ -526,3 +526,12 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "startup": startup,
     "resume": resume,
 }
+
+
+def _register() -> None:
+    from .labeling import labeling
+
+    SCENARIOS["labeling"] = labeling
+
+
+_register()

@@ -81,6 +81,35 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RowTask:
+    """A labeling task: INPUT is data rows, each rendered into one chat request.
+
+    Built once from --prompt/--system/--schema/--template (files/template.py resolves files
+    and the schema), so what enters the resume fingerprint is the content, not a path.
+    """
+
+    input_format: str  # csv | tsv | jsonl | parquet
+    prompt: str
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None  # the JSON Schema asked for (before the strict form)
+    id_column: str | None = None
+    model: str | None = None  # the template file's model, when it names one
+
+    def shaping(self) -> dict[str, Any]:
+        return {
+            "input_format": self.input_format,
+            "prompt": self.prompt,
+            "system": self.system,
+            "params": self.params,
+            "schema": self.schema,
+            # Field order, which the sidecar's sorted keys lose: export's column order.
+            "fields": list((self.schema or {}).get("properties") or {}),
+            "id_column": self.id_column,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to read, what to write, and what shapes the requests (the resume fingerprint)."""
 
@@ -94,6 +123,7 @@ class JobSpec:
     max_output_chars: int = 50_000
     stdin_window: int = 10_000
     shard: Shard | None = None
+    task: RowTask | None = None  # INPUT is data rows (None: request lines)
 
     def shaping(self) -> dict[str, Any]:
         """Options that change what is sent: a resume with other values would mix two jobs."""
@@ -102,6 +132,8 @@ class JobSpec:
             shape["output_format"] = self.output_format
         if self.shard is not None:
             shape["shard"] = str(self.shard)  # another shard's output is another job
+        if self.task is not None:
+            shape["task"] = self.task.shaping()
         return shape
 
 
@@ -164,6 +196,7 @@ class RunConfig:
     limit_key: str | None = None
     max_wait: float = DEFAULT_MAX_WAIT
     shard: Shard | None = None
+    task: RowTask | None = None
 
     @property
     def provider(self) -> ProviderSpec:
@@ -182,6 +215,7 @@ class RunConfig:
             max_output_chars=self.max_output_chars,
             stdin_window=self.stdin_window,
             shard=self.shard,
+            task=self.task,
         )
 
     @property

@@ -140,6 +140,7 @@ class Result:
     truncated: bool = False
     unanswered_attempts: int = 0
     finish_reason: str | None = None  # chat: "stop", "length", "tool_calls", ...
+    parsed: Any = None  # a structured answer, parsed and validated
     extra: dict[str, Any] = field(default_factory=dict)
     # The provider's last answer, kept for --output-format openai-batch; not in record().
     response_body: Any = None
@@ -159,6 +160,8 @@ class Result:
             "status": self.status,
             "output": self.output,
         }
+        if self.parsed is not None:
+            rec["parsed"] = self.parsed
         if self.embedding is not None:
             rec["embedding"] = self.embedding
         rec.update(

@@ -21,6 +21,7 @@ from .config import OPENAI_BASE_URL, ProviderSpec, RunConfig
 from .errors import UsageError
 from .files.journal import Journal, open_for_resume
 from .files.reader import Done, FileSource, StreamSource, file_digest
+from .files.rows import parser_for
 from .live.client import ApiClient
 from .live.engine import Engine, EngineConfig, aiter_items, prioritized
 from .live.limits import Limits
@@ -370,10 +371,11 @@ def _source(
     done_ids: dict[int, str] | None,
     tally: Tally,
 ) -> AsyncIterator[Request | InvalidLine]:
+    parser = parser_for(cfg.job)
     if in_path is None:
-        stream = StreamSource(sys.stdin.buffer, cfg.model, cfg.shard)
+        stream = StreamSource(sys.stdin.buffer, cfg.model, parser, shard=cfg.shard)
         return prioritized(stream.items(done, done_ids), window=cfg.stdin_window)
-    src = FileSource(in_path, cfg.model, cfg.shard)
+    src = FileSource(in_path, cfg.model, parser, shard=cfg.shard)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     invalid: list[InvalidLine] = []
     src.scan(done, invalid.append)

@@ -9,7 +9,7 @@ import pytest
 
 from burstcli.config import Shard
 from burstcli.errors import UsageError
-from burstcli.files.journal import read_sidecar
+from burstcli.files.journal import sidecar_of
 from burstcli.files.reader import FileSource
 
 from .conftest import read_jsonl, run_args, run_cli, write_jsonl
@@ -39,7 +39,7 @@ def test_shards_split_by_line_and_catch_duplicates_across_shards(tmp_path: Path)
     inp = write_jsonl(tmp_path / "in.jsonl", lines)
     seen: dict[int, tuple[list[int], list[int]]] = {}
     for i in range(2):
-        src = FileSource(inp, "m", Shard(i, 2))
+        src = FileSource(inp, "m", shard=Shard(i, 2))
         invalid: list[int] = []
         src.scan(None, lambda bad, invalid=invalid: invalid.append(bad.line))
         seen[i] = ([r.line for r in src.requests()], invalid)
@@ -64,7 +64,7 @@ def test_shards_run_merge_stats_and_retry_failed(tmp_path: Path, server) -> None
         res = run_cli(run_args(srv, inp, out, "--shard", "auto/3"), env=env)
         assert res.exit_code == 1, res.output  # the 400s fail once
         assert {(r["line"] - 1) % 3 for r in read_jsonl(out)} == {i}
-        assert read_sidecar(out)["shaping"]["shard"] == f"{i}/3"
+        assert sidecar_of(out)["shaping"]["shard"] == f"{i}/3"
     # Each shard resumes on its own: rerunning one sends nothing.
     before = srv.stats()["requests_total"]
     assert run_cli(run_args(srv, inp, outs[1], "--shard", "1/3")).exit_code in (0, 1)

@@ -34,12 +34,14 @@ from ..errors import FatalProviderError
 from ..files.formats import to_openai_batch_line
 from ..files.journal import Journal
 from ..files.reader import Done, FileSource
+from ..files.rows import parser_for
 from ..models import InvalidLine, Result, RunOutcome, Tally, invalid_result, now_iso
 from ..money.budget import Budget
 from .lines import (
     LineOutcome,
     Verdict,
     batch_failure,
+    check_structured,
     classify_line,
     endpoint_url,
     entries,
@@ -48,6 +50,7 @@ from .lines import (
     pending,
     pending_of,
     pendings,
+    task_validator,
 )
 from .plan import BatchSettings, pack, read_metadata, write_shard_files
 from .provider import Provider, ProviderError, classify_exception
@@ -112,6 +115,8 @@ class BatchRun:
         self.budget = budget
         self.workdir = workdir
         self.input = Path(job.input)
+        self.parser = parser_for(job)  # request lines, or data rows through the template
+        self.validator = task_validator(job)
         self.held: dict[int, float] = {}  # budget reservations by input line, this run only
         self.budget_stopped = False
         self.signal: int | None = None
@@ -177,7 +182,7 @@ class BatchRun:
 
     def materialize(self, shards: list[Shard]) -> None:
         """Write the batch files of `shards` in one pass over INPUT (runs in a thread)."""
-        write_shard_files(self.input, self.job.model, shards, self._shard_file)
+        write_shard_files(self.input, self.parser, shards, self._shard_file)
 
     # -- supervising ----------------------------------------------------------------------------
     async def supervise(self) -> RunOutcome:
@@ -458,7 +463,7 @@ class BatchRun:
     async def _collect(self, shard: Shard, batch: dict[str, Any]) -> None:
         meta = (
             await asyncio.to_thread(
-                read_metadata, self.input, self.job.model, set(shard.lines.values())
+                read_metadata, self.input, self.parser, set(shard.lines.values())
             )
             if shard.metadata
             else {}
@@ -506,7 +511,8 @@ class BatchRun:
                     line = shard.lines.get(cid) if isinstance(cid, str) else None
                     if line is None or cid in seen:
                         continue
-                    settle(str(cid), line, classify_line(entry, shard.endpoint))
+                    out = classify_line(entry, shard.endpoint)
+                    settle(str(cid), line, check_structured(out, self.validator, self.job))
             finally:
                 path.unlink(missing_ok=True)
         if status == "failed":

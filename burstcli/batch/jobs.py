@@ -210,7 +210,7 @@ async def _run(
             budget=budget,
             workdir=workdir,
         )
-        src = FileSource(in_path, job.model)
+        src = FileSource(in_path, job.model, run.parser)
         invalid: list[InvalidLine] = []
         src.scan(resume.done, invalid.append)
         tally.total = src.total

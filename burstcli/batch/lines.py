@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import orjson
 
+from ..config import JobSpec
 from ..files.answers import extract_output, finish_reason
+from ..files.schema import OutputProblem, Validator, response_format
 from ..models import ENDPOINT_PATHS, Request, Result, now_iso
 from .state import Pending, Shard
 
@@ -35,6 +37,7 @@ class LineOutcome:
     status_code: int = 0
     request_id: str | None = None
     line_id: str | None = None
+    parsed: Any = None
 
 
 def _http_error(status: int, body: Any) -> tuple[Verdict, dict[str, Any]]:
@@ -133,6 +136,31 @@ def _body_problem(body: Any, endpoint: str) -> tuple[str, str] | None:
     if not (output or "").strip():
         return "empty_response", "the completion was empty"
     return None
+
+
+def task_validator(job: JobSpec) -> Validator | None:
+    """The validator of a row task's schema (None: nothing to check)."""
+    task = job.task
+    if task is None or task.schema is None:
+        return None
+    return Validator(response_format(task.schema)["json_schema"]["schema"])
+
+
+def check_structured(out: LineOutcome, validator: Validator | None, job: JobSpec) -> LineOutcome:
+    """Parse and check a completed answer of a task with a schema: an invalid one goes to the
+    next round like a malformed answer; one cut off at max_tokens fails (the same limit would
+    cut it again)."""
+    if validator is None or job.task is None or out.verdict != "completed" or out.body is None:
+        return out
+    text, _ = extract_output("chat", out.body)
+    params = job.task.params
+    max_tokens = params.get("max_tokens") or params.get("max_completion_tokens")
+    try:
+        out.parsed = validator.parse((text or "").strip(), finish_reason(out.body), max_tokens)
+    except OutputProblem as bad:
+        out.verdict = "retry" if bad.retryable else "failed"
+        out.error = {"type": bad.kind, "message": bad.message, "status_code": out.status_code}
+    return out
 
 
 def entries(path: Path) -> Iterator[dict[str, Any]]:
@@ -261,6 +289,7 @@ def line_result(
     body = out.body
     if out.verdict != "completed" or body is None:
         return result
+    result.parsed = out.parsed
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     text, vectors = extract_output(shard.endpoint, body)
     if text is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import UsageError
-from ..files.reader import parse_line
+from ..files.reader import Parser
 from ..models import Request
 from .lines import batch_line
 from .state import BatchState, Pending, Shard
@@ -69,7 +69,7 @@ def pack(st: BatchState, s: BatchSettings, items: Iterable[Pending]) -> list[Sha
 
 
 def write_shard_files(
-    input: Path, model: str, shards: list[Shard], path_of: Callable[[Shard], Path]
+    input: Path, parser: Parser, shards: list[Shard], path_of: Callable[[Shard], Path]
 ) -> None:
     """Write the batch files of `shards` in one pass over INPUT (runs in a thread)."""
     where: dict[int, tuple[Shard, str]] = {}
@@ -78,19 +78,19 @@ def write_shard_files(
             where[line] = (shard, cid)
     files = {s.id: path_of(s).open("wb") for s in shards}
     try:
-        with input.open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                hit = where.pop(line, None)
-                if hit is None:
-                    continue
-                shard, cid = hit
-                req = parse_line(raw, line, model)
-                if not isinstance(req, Request) or req.id != cid:
-                    raise UsageError(
-                        f"{input}:{line} no longer holds request {cid!r}"
-                        "; the input changed under a running job"
-                    )
-                files[shard.id].write(orjson.dumps(batch_line(req)) + b"\n")
+        # The same parser as the scan (request lines, or rows through the template).
+        for line, raw in parser.entries(input):
+            hit = where.pop(line, None)
+            if hit is None:
+                continue
+            shard, cid = hit
+            req = parser.parse(raw, line)
+            if not isinstance(req, Request) or req.id != cid:
+                raise UsageError(
+                    f"{input}:{line} no longer holds request {cid!r}"
+                    "; the input changed under a running job"
+                )
+            files[shard.id].write(orjson.dumps(batch_line(req)) + b"\n")
     finally:
         for fh in files.values():
             fh.close()
@@ -98,13 +98,12 @@ def write_shard_files(
         raise UsageError(f"{input} is shorter than when its batches were planned")
 
 
-def read_metadata(input: Path, model: str, lines: set[int]) -> dict[int, Any]:
+def read_metadata(input: Path, parser: Parser, lines: set[int]) -> dict[int, Any]:
     """The metadata of the given INPUT lines (records carry it; shard state does not)."""
     found: dict[int, Any] = {}
-    with input.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            if line in lines:
-                req = parse_line(raw, line, model)
-                if isinstance(req, Request) and req.metadata is not None:
-                    found[line] = req.metadata
+    for line, raw in parser.entries(input):
+        if line in lines:
+            req = parser.parse(raw, line)
+            if isinstance(req, Request) and req.metadata is not None:
+                found[line] = req.metadata
     return found

@@ -7,7 +7,15 @@ May import: config, run and, lazily inside commands, any room below.
 
 from __future__ import annotations
 
-from . import batch, inspect, limiter, merge, mock, run  # noqa: F401 - registers the commands
+from . import (  # noqa: F401 - registers the commands
+    batch,
+    export,  # noqa: F401 - registers the commands
+    inspect,
+    limiter,
+    merge,
+    mock,
+    run,
+)
 from .app import app
 
 

@@ -11,28 +11,75 @@ import typer
 from ..errors import UsageError
 from .app import app, boundary, console, err, usd
 from .app import env as _env
-from .options import BudgetMaxTokensOpt, ModelOpt, PricesOpt
+from .options import (
+    BudgetMaxTokensOpt,
+    IdColumnOpt,
+    InputFormatOpt,
+    ModelOpt,
+    PricesOpt,
+    PromptOpt,
+    SchemaOpt,
+    SystemOpt,
+    TemplateOpt,
+)
+
+
+def _parser(
+    ctx: typer.Context,
+    input: Path,
+    model: str,
+    prompt: str | None,
+    system: str | None,
+    template: Path | None,
+    schema: str | None,
+    id_column: str | None,
+    input_format: str | None,
+) -> tuple[Any, str]:
+    """The row parser when the row options are given (None: request lines), and the model."""
+    from ..files.rows import RowParser
+    from .rows import task_options
+
+    task, model = task_options(
+        ctx, str(input), model, prompt, system, template, schema, id_column, input_format
+    )
+    return (RowParser(task, model) if task is not None else None), model
 
 
 @app.command()
 @boundary
 def validate(
-    input: Annotated[Path, typer.Argument(help="Request file (JSONL) to check.")],
+    ctx: typer.Context,
+    input: Annotated[
+        Path, typer.Argument(help="Request file (JSONL), or data rows with --prompt.")
+    ],
+    model: ModelOpt = "gpt-4o-mini",
+    prompt: PromptOpt = None,
+    system: SystemOpt = None,
+    template: TemplateOpt = None,
+    schema: SchemaOpt = None,
+    id_column: IdColumnOpt = None,
+    input_format: InputFormatOpt = None,
 ) -> None:
-    """Check a request file without calling any API: every problem as FILE:LINE: message.
+    """Check a request file (or data rows through a template) without calling any API: every
+    problem as FILE:LINE: message (for CSV, the line where the row starts).
 
     Exit 0 when every line is a valid request, 2 otherwise.
 
     Example:
 
         burstq validate requests.jsonl
+
+        burstq validate samples/reviews.csv --template samples/reviews.toml
     """
     from ..errors import InputError
     from ..files.reader import validate_file
 
     if not input.is_file():
         raise InputError(f"cannot read {input}: no such file")
-    total, problems = validate_file(input)
+    parser, model = _parser(
+        ctx, input, model, prompt, system, template, schema, id_column, input_format
+    )
+    total, problems = validate_file(input, model, parser)
     for p in problems:
         err(f"{input}:{p.line}: {p.message}")
     err(f"{input}: {total} requests, {len(problems)} invalid")
@@ -42,7 +89,10 @@ def validate(
 @app.command()
 @boundary
 def estimate(
-    input: Annotated[Path, typer.Argument(help="Request file (JSONL).")],
+    ctx: typer.Context,
+    input: Annotated[
+        Path, typer.Argument(help="Request file (JSONL), or data rows with --prompt.")
+    ],
     model: ModelOpt = "gpt-4o-mini",
     rpm: Annotated[
         float | None,
@@ -65,12 +115,21 @@ def estimate(
     prices: PricesOpt = None,
     batch: Annotated[bool, typer.Option("--batch", help="Price at Batch API rates.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    prompt: PromptOpt = None,
+    system: SystemOpt = None,
+    template: TemplateOpt = None,
+    schema: SchemaOpt = None,
+    id_column: IdColumnOpt = None,
+    input_format: InputFormatOpt = None,
 ) -> None:
-    """Tokens, cost range and minimum duration of a request file, with no API call.
+    """Tokens, cost range and minimum duration of a request file (or data rows through a
+    template), with no API call.
 
     Example:
 
         burstq estimate requests.jsonl --rpm 500 --tpm 200000 --concurrency 50
+
+        burstq estimate samples/reviews.csv --template samples/reviews.toml
     """
     import orjson
 
@@ -80,6 +139,9 @@ def estimate(
 
     if not input.is_file():
         raise InputError(f"cannot read {input}: no such file")
+    parser, model = _parser(
+        ctx, input, model, prompt, system, template, schema, id_column, input_format
+    )
     warnings: list[str] = []
     try:
         book = PriceBook(prices, warn=warnings.append)
@@ -95,6 +157,7 @@ def estimate(
         latency=latency,
         assume_max_tokens=budget_max_tokens,
         batch=batch,
+        parser=parser,
     )
     for w in warnings:
         err(f"burstq: warning: {w}")

@@ -284,3 +284,49 @@ ShardOpt = Annotated[
         "needs its own OUTPUT; join them with `burstq merge`.",
     ),
 ]
+
+
+# Data rows (the labeling job): with --prompt or --template, INPUT is data, not request lines.
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("prompt"),
+        help="Jinja2 template of the user message; INPUT is then data rows (CSV, TSV, JSONL, "
+        "Parquet): columns are variables, `row` is the whole row.",
+    ),
+]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option(envvar=_env("system"), help="System message (a template too) for data rows."),
+]
+TemplateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("template"),
+        help="TOML file with the task: system, prompt, model, params, schema (options given "
+        "on the command line win).",
+    ),
+]
+SchemaOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("schema"),
+        help="Structured output: a JSON Schema (inline or a file) or a field list such as "
+        "'label: one of a/b/c, score float'. Answers are validated locally.",
+    ),
+]
+IdColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("id_column"),
+        help="Column holding each row's id [default: 'id' where there is one, else the row "
+        "number].",
+    ),
+]
+InputFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=_env("input_format"),
+        help="csv, tsv, jsonl or parquet [default: from INPUT's extension; needed for stdin].",
+    ),
+]

@@ -23,7 +23,9 @@ from .options import (
     FallbackModelOpt,
     FsyncOpt,
     GraceOpt,
+    IdColumnOpt,
     InputArg,
+    InputFormatOpt,
     LimiterOpt,
     LimitKeyOpt,
     MaxCostOpt,
@@ -36,14 +38,18 @@ from .options import (
     OutputOpt,
     PricesOpt,
     ProgressOpt,
+    PromptOpt,
     PushgatewayOpt,
     QuietOpt,
     RestartOpt,
     RetryFailedOpt,
     RpmOpt,
+    SchemaOpt,
     ShardOpt,
     SimulateOpt,
     StatusEveryOpt,
+    SystemOpt,
+    TemplateOpt,
     TimeoutOpt,
     TpmOpt,
     ViaOpt,
@@ -72,6 +78,7 @@ def _resume_hint(api_key: str | None) -> str:
 @app.command()
 @boundary
 def run(
+    ctx: typer.Context,
     input: InputArg,
     output: OutputOpt = None,
     model: ModelOpt = "gpt-4o-mini",
@@ -108,8 +115,15 @@ def run(
     limit_key: LimitKeyOpt = None,
     max_wait: MaxWaitOpt = 900.0,
     shard: ShardOpt = None,
+    prompt: PromptOpt = None,
+    system: SystemOpt = None,
+    template: TemplateOpt = None,
+    schema: SchemaOpt = None,
+    id_column: IdColumnOpt = None,
+    input_format: InputFormatOpt = None,
 ) -> None:
-    """Process a request file: every line gets exactly one record in OUTPUT.
+    """Process a request file (or data rows through a prompt template): every line or row
+    gets exactly one record in OUTPUT.
 
     Rerun the same command after any interruption to resume; finished requests are never
     sent again.
@@ -123,9 +137,17 @@ def run(
         burstq run big.jsonl -o big.responses.jsonl --via batch --batch-size 20000
 
         burstq run big.jsonl -o out-0.jsonl --shard 0/4 --limiter redis://redis:6379/0 --rpm 5000
+        burstq run samples/reviews.csv -o labels.jsonl --template samples/reviews.toml --simulate
     """
     from ..config import RunConfig, Shard
     from ..run import execute
+    from .rows import task_options
+
+    task, model = task_options(
+        ctx, input, model, prompt, system, template, schema, id_column, input_format
+    )
+    if task is not None and output_format != "burstq":
+        raise UsageError("--output-format openai-batch is for request files, not data rows")
 
     shard_spec = Shard.parse(shard) if shard else None
     if shard_spec is not None and output is None:
@@ -190,6 +212,7 @@ def run(
         limit_key=limit_key,
         max_wait=max_wait,
         shard=shard_spec,
+        task=task,
     )
     report = execute(cfg)
     outcome = report.outcome
@@ -223,5 +246,9 @@ def run(
 
 def _default_output(input: str) -> Path:
     p = Path(input)
-    stem = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    stem = p.name
+    for ext in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
     return p.with_name(stem + ".responses.jsonl")

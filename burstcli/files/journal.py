@@ -83,7 +83,7 @@ class ResumeState:
         return self.completed + self.failed
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
+def read_sidecar(path: Path) -> dict[str, Any] | None:
     try:
         data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -93,9 +93,9 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def read_sidecar(output: Path) -> dict[str, Any] | None:
+def sidecar_of(output: Path) -> dict[str, Any] | None:
     """OUTPUT's sidecar (which input and options wrote it), or None when there is none."""
-    return _read_sidecar(sidecar_path(output))
+    return read_sidecar(sidecar_path(output))
 
 
 def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
@@ -163,7 +163,7 @@ def open_for_resume(
             p.unlink(missing_ok=True)
     state = ResumeState(ids={} if keep_ids else None)
     if output.exists() and output.stat().st_size > 0:
-        old = _read_sidecar(side)
+        old = read_sidecar(side)
         if old is not None:
             _check_fingerprint(output, old, fingerprint)
         state.repaired_bytes = _repair_tail(output)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import InputError, UsageError
-from .journal import read_sidecar, sidecar_path, write_sidecar
+from .journal import sidecar_of, sidecar_path, write_sidecar
 from .reader import file_digest
 
 _SHOW = 10  # line numbers listed in a refusal
@@ -39,7 +39,7 @@ class MergeReport:
 def _fingerprint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"cannot read {path}: no such file")
-    side = read_sidecar(path)
+    side = sidecar_of(path)
     if side is None:
         raise InputError(
             f"{path} has no {sidecar_path(path).name}: not an output of `burstq run` "
@@ -71,7 +71,7 @@ def merge(outputs: list[Path], dest: Path, *, input_path: Path | None = None) ->
         raise UsageError("the same shard output is named twice")
     if dest.resolve() in resolved:
         raise UsageError("-o must be a new file, not one of the shard outputs")
-    if dest.exists() and read_sidecar(dest) is None:
+    if dest.exists() and sidecar_of(dest) is None:
         raise UsageError(
             f"{dest} exists and is not a burstq output (no sidecar): refusing to replace it"
         )

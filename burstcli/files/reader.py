@@ -15,7 +15,7 @@ import hashlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 from pydantic import ValidationError
@@ -25,6 +25,46 @@ from ..errors import InputError, ResumeMismatch
 from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
 
 OnInvalid = Callable[[InvalidLine], None]
+
+
+class Parser(Protocol):
+    """How a file becomes requests: entries keyed by the file line they start on, then each
+    entry parsed (request lines here; data rows rendered through a template in rows.py)."""
+
+    def entries(self, source: Path | Iterable[bytes]) -> Iterator[tuple[int, Any]]: ...
+
+    def parse(
+        self, raw: Any, line: int, *, trusted: bool = False
+    ) -> Request | InvalidLine | None: ...
+
+    def size_hint(self, path: Path) -> int: ...
+
+
+class LineParser:
+    """Request lines (JSONL, native or Batch API shape): one entry per file line."""
+
+    def __init__(self, default_model: str) -> None:
+        self.default_model = default_model
+
+    def entries(self, source: Path | Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+        if isinstance(source, Path):
+            with open_input(source) as f:
+                yield from enumerate(f, start=1)
+        else:
+            yield from enumerate(source, start=1)
+
+    def parse(self, raw: Any, line: int, *, trusted: bool = False) -> Request | InvalidLine | None:
+        return parse_line(raw, line, self.default_model, trusted=trusted)
+
+    def size_hint(self, path: Path) -> int:
+        return count_lines(path)
+
+
+def open_input(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -94,7 +134,7 @@ def _trusted(obj: dict[str, Any], line: int, default_model: str) -> Request:
         if "messages" in body:
             body["messages"] = [_no_none(m) for m in body["messages"]]
         model = body.pop("model", None) or default_model
-        return _request(line, obj["custom_id"], BATCH_URLS[obj["url"]], model, body, 5, None)
+        return make_request(line, obj["custom_id"], BATCH_URLS[obj["url"]], model, body, 5, None)
     rid = obj.get("id")
     endpoint = obj.get("endpoint") or "chat"
     params = _no_none(obj.get("params") or {})
@@ -104,7 +144,7 @@ def _trusted(obj: dict[str, Any], line: int, default_model: str) -> Request:
         body = {"messages": [_no_none(m) for m in obj["messages"]], **params}
     else:
         body = {"messages": [{"role": "user", "content": obj["input"]}], **params}
-    return _request(
+    return make_request(
         line,
         str(rid) if rid is not None and rid != "" else f"line-{line}",
         endpoint,
@@ -143,9 +183,19 @@ def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request
         else:
             return InvalidLine(line, rid, "input: must be a non-empty string for chat")
         body = {"messages": messages, **params}
-    return _request(
+        if (problem := _format_problem(body)) is not None:
+            return InvalidLine(line, rid, problem)
+    return make_request(
         line, rid, nl.endpoint, nl.model or default_model, body, nl.priority, nl.metadata
     )
+
+
+def _format_problem(body: dict[str, Any]) -> str | None:
+    if "response_format" not in body:
+        return None
+    from .schema import response_format_problem
+
+    return response_format_problem(body["response_format"])
 
 
 def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
@@ -165,10 +215,12 @@ def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request 
         return InvalidLine(line, rid, "body.messages: missing (chat completions need messages)")
     if endpoint == "embeddings" and not body.get("input"):
         return InvalidLine(line, rid, "body.input: missing (embeddings need input)")
-    return _request(line, bl.custom_id, endpoint, model, body, 5, None)
+    if (problem := _format_problem(body)) is not None:
+        return InvalidLine(line, rid, problem.replace("params.", "body.", 1))
+    return make_request(line, bl.custom_id, endpoint, model, body, 5, None)
 
 
-def _request(
+def make_request(
     line: int,
     rid: str,
     endpoint: Any,
@@ -275,11 +327,20 @@ def count_lines(path: Path) -> int:
 
 
 class FileSource:
-    """A request file on disk: `scan()` once, then `requests()` in priority order."""
+    """A request file (or data file) on disk: `scan()` once, then `requests()` in priority
+    order."""
 
-    def __init__(self, path: Path, default_model: str, shard: Shard | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        default_model: str,
+        parser: Parser | None = None,
+        *,
+        shard: Shard | None = None,
+    ) -> None:
         self.path = path
         self.default_model = default_model
+        self.parser: Parser = parser or LineParser(default_model)
         self.shard = shard
         self.total = 0  # requests in the file (valid or not)
         self.pending = 0  # valid requests not yet done
@@ -289,57 +350,56 @@ class FileSource:
         self._levels: dict[int, int] = {}
 
     def open(self) -> IO[bytes]:
-        try:
-            return self.path.open("rb")
-        except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        return open_input(self.path)
 
     def scan(self, done: Done | None, on_invalid: OnInvalid) -> None:
-        """Validate every line not yet done; invalid ones go to `on_invalid` (once each)."""
-        # Sized for the lines still to read: a resume of a mostly done file stays small.
-        ids = IdSet(count_lines(self.path) - (done.count if done is not None else 0))
-        prio = bytearray()
-        with self.open() as f:
-            prio.append(0)  # line numbers start at 1
-            for line, raw in enumerate(f, start=1):
-                if done is not None and line in done:
-                    prio.append(0)
-                    self.total += 1
-                    self.done += 1
-                    continue
-                item = parse_line(raw, line, self.default_model)
-                if item is None:
-                    prio.append(0)
-                    continue
-                if self.shard is not None and not self.shard.owns(line):
-                    # Another shard's line: only its id matters here (duplicates).
-                    if isinstance(item, Request):
-                        ids.add(item.id)
-                    prio.append(0)
-                    continue
+        """Validate every entry not yet done; invalid ones go to `on_invalid` (once each)."""
+        # Sized for the entries still to read: a resume of a mostly done file stays small.
+        hint = self.parser.size_hint(self.path)
+        ids = IdSet(hint - (done.count if done is not None else 0))
+        prio = bytearray(1)  # indexed by line; line numbers start at 1
+        parse = self.parser.parse
+        for line, raw in self.parser.entries(self.path):
+            if line > len(prio):  # a data row spanning several lines, or a blank line skipped
+                prio.extend(bytes(line - len(prio)))
+            if done is not None and line in done:
+                prio.append(0)
                 self.total += 1
-                if isinstance(item, Request) and not ids.add(item.id):
-                    item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
-                if isinstance(item, InvalidLine):
-                    prio.append(0)
-                    self.invalid += 1
-                    on_invalid(item)
-                    continue
-                prio.append(item.priority)
-                self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
-                self.pending += 1
+                self.done += 1
+                continue
+            item = parse(raw, line)
+            if item is None:
+                prio.append(0)
+                continue
+            if self.shard is not None and not self.shard.owns(line):
+                # Another shard's line: only its id matters here (duplicates).
+                if isinstance(item, Request):
+                    ids.add(item.id)
+                prio.append(0)
+                continue
+            self.total += 1
+            if isinstance(item, Request) and not ids.add(item.id):
+                item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
+            if isinstance(item, InvalidLine):
+                prio.append(0)
+                self.invalid += 1
+                on_invalid(item)
+                continue
+            prio.append(item.priority)
+            self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
+            self.pending += 1
         self._prio = prio
 
     def requests(self) -> Iterator[Request]:
         """Valid, not-done requests: priority 10 first, file order within a level."""
         prio = self._prio
+        parse = self.parser.parse
         for level in sorted(self._levels, reverse=True):
-            with self.open() as f:
-                for line, raw in enumerate(f, start=1):
-                    if line < len(prio) and prio[line] == level:
-                        item = parse_line(raw, line, self.default_model, trusted=True)
-                        if isinstance(item, Request):
-                            yield item
+            for line, raw in self.parser.entries(self.path):
+                if line < len(prio) and prio[line] == level:
+                    item = parse(raw, line, trusted=True)
+                    if isinstance(item, Request):
+                        yield item
 
 
 class StreamSource:
@@ -347,10 +407,16 @@ class StreamSource:
     orders only what is buffered (the engine's `prioritized()` does that)."""
 
     def __init__(
-        self, stream: Iterable[bytes], default_model: str, shard: Shard | None = None
+        self,
+        stream: Iterable[bytes],
+        default_model: str,
+        parser: Parser | None = None,
+        *,
+        shard: Shard | None = None,
     ) -> None:
         self.stream = stream
         self.default_model = default_model
+        self.parser: Parser = parser or LineParser(default_model)
         self.shard = shard
         self.total = 0
         self.pending = 0
@@ -360,16 +426,17 @@ class StreamSource:
     def items(
         self, done: Done | None, done_ids: dict[int, str] | None = None
     ) -> Iterator[Request | InvalidLine]:
-        """Each line as it is read: a Request, or an InvalidLine to record.
+        """Each entry as it is read: a Request, or an InvalidLine to record.
 
         `done_ids` (line -> request_id of OUTPUT's records) proves a resumed stream is the same
         input, line by line, since a stream cannot be hashed before it is read.
         """
         ids = IdSet()
-        for line, raw in enumerate(self.stream, start=1):
+        parse = self.parser.parse
+        for line, raw in self.parser.entries(self.stream):
             if done is not None and line in done:
                 if done_ids is not None and line in done_ids:
-                    item = parse_line(raw, line, self.default_model)
+                    item = parse(raw, line)
                     rid = item.id if item is not None else None
                     if rid is not None and rid != done_ids[line]:
                         raise ResumeMismatch(
@@ -380,7 +447,7 @@ class StreamSource:
                 self.total += 1
                 self.done += 1
                 continue
-            item = parse_line(raw, line, self.default_model)
+            item = parse(raw, line)
             if item is None:
                 continue
             if self.shard is not None and not self.shard.owns(line):
@@ -397,9 +464,11 @@ class StreamSource:
             yield item
 
 
-def validate_file(path: Path, default_model: str = "gpt-4o-mini") -> tuple[int, list[InvalidLine]]:
+def validate_file(
+    path: Path, default_model: str = "gpt-4o-mini", parser: Parser | None = None
+) -> tuple[int, list[InvalidLine]]:
     """Every problem in a file, without calling anything: (requests, problems)."""
-    src = FileSource(path, default_model)
+    src = FileSource(path, default_model, parser)
     problems: list[InvalidLine] = []
     src.scan(None, problems.append)
     return src.total, problems

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import FatalProviderError, UsageError
 from ..files.answers import extract_output, finish_reason
 from ..files.journal import Journal
+from ..files.schema import OutputProblem, Validators
 from ..models import (
     InvalidLine,
     Request,
@@ -50,6 +51,8 @@ class EngineConfig:
     grace: float = 10.0
     max_cost: float | None = None
     max_rate_limited: int = 50  # 429 retries per request: they don't spend --max-retries
+    # Structured answers (a response_format) are parsed and checked where they are accepted.
+    validators: Validators | None = field(default_factory=Validators)
 
 
 class _Fatal(Exception):
@@ -208,6 +211,10 @@ class Engine:
         attempts = unanswered = 0
         started = asyncio.get_running_loop().time()
         last: CallError | None = None
+        validator = cfg.validators.for_body(req.body) if cfg.validators is not None else None
+        parsed: Any = None
+        # Answers refused as invalid were still billed: their usage and cost are carried.
+        billed: list[tuple[str, dict[str, Any]]] = []
         ceiling = limits.tpm_ceiling
         if ceiling and req.est_tokens > ceiling:
             # It can never fit in a minute's allowance: sending it would only earn a 429.
@@ -253,9 +260,26 @@ class Engine:
                                 retryable=True,
                                 maybe_billed=True,
                             )
+                        if validator is not None:
+                            try:
+                                parsed = validator.parse(
+                                    output, finish_reason(reply.data), req.max_tokens
+                                )
+                            except OutputProblem as bad:
+                                raise CallError(
+                                    bad.kind,
+                                    bad.message,
+                                    status_code=200,
+                                    retryable=bad.retryable,
+                                    body=reply.data,
+                                ) from None
                 except CallError as err:
                     tally.in_flight -= 1
                     last = err
+                    if err.type in ("invalid_output", "output_truncated"):
+                        usage = err.body.get("usage") if isinstance(err.body, dict) else None
+                        if isinstance(usage, dict):
+                            billed.append((model, usage))
                     if err.maybe_billed:
                         unanswered += 1
                         tally.unanswered += 1
@@ -287,7 +311,7 @@ class Engine:
                     req.est_tokens,
                     int(usage.get("total_tokens") or 0) if usage else None,
                 )
-                return self._completed(
+                result = self._completed(
                     req,
                     model,
                     output,
@@ -299,6 +323,10 @@ class Engine:
                     reply.data,
                     reply.headers,
                 )
+                result.parsed = parsed
+                if billed:
+                    self._carry(result, billed)
+                return result
             if last is not None and not (last.fallback or last.retryable):
                 break  # a bad request is bad for every model
         assert last is not None
@@ -312,7 +340,24 @@ class Engine:
                     "answered yet: check --base-url / OPENAI_BASE_URL)",
                 )
             )
-        return self._failed(req, last, attempts, unanswered, started)
+        failed = self._failed(req, last, attempts, unanswered, started)
+        if billed:
+            self._carry(failed, billed)
+        return failed
+
+    def _carry(self, result: Result, billed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Add the usage and cost of refused answers to the record: they were billed."""
+        usage = dict(result.usage or {})
+        cost = result.cost_usd if result.status == "completed" else 0.0
+        for model, u in billed:
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                value = u.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    usage[key] = int(usage.get(key) or 0) + value
+            c = self.price(model, u)
+            cost = None if c is None or cost is None else cost + c
+        result.usage = usage
+        result.cost_usd = cost
 
     def _backoff(self, retry: int, server_hint: float | None) -> float:
         cfg = self.config

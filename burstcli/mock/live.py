@@ -35,6 +35,7 @@ from .state import (
     mask_key,
     server_error,
 )
+from .structured import structured_content
 
 
 def _content_text(content: object) -> str | None:
@@ -102,7 +103,18 @@ def parse_chat(body: dict[str, Any], model: str) -> Parsed | Reply:
     max_tokens = _parse_max_tokens(body)
     if isinstance(max_tokens, Reply):
         return max_tokens
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict)
+        or response_format.get("type") not in ("text", "json_object", "json_schema")
+    ):
+        return bad_request(
+            "Invalid 'response_format.type': expected one of 'text', 'json_object' or "
+            "'json_schema'.",
+            "response_format",
+        )
     return Parsed(
+        response_format=response_format,
         endpoint="chat",
         model=model,
         # Without a user message, echo the last message so the answer stays deterministic.
@@ -183,8 +195,11 @@ def _embedding(text: str, dim: int) -> list[float]:
     return [v / norm for v in vector]
 
 
-def chat_reply(parsed: Parsed, *, empty: bool) -> Reply:
-    content = "" if empty else "echo: " + parsed.prompt
+def chat_reply(parsed: Parsed, *, empty: bool, content: str | None = None) -> Reply:
+    if content is None:
+        content = "" if empty else "echo: " + parsed.prompt
+        if not empty and parsed.response_format is not None:
+            content = structured_content(parsed.response_format, parsed.prompt) or content
     finish_reason = "stop"
     if parsed.max_tokens is not None and len(content) > parsed.max_tokens * 4:
         content = content[: parsed.max_tokens * 4]
@@ -347,6 +362,10 @@ def fault_reply(kind: str, parsed: Parsed, state: MockState) -> Reply:
         )
     if kind == "400":
         return bad_request("Invalid value for 'temperature'.", "temperature")
+    if kind == "badjson":
+        return chat_reply(parsed, empty=False, content='{"label": "positive", "reason": "cut')
+    if kind == "badshape":
+        return chat_reply(parsed, empty=False, content='{"unexpected": ["not", "the", "shape"]}')
     raise AssertionError(f"unhandled fault kind {kind!r}")
 
 

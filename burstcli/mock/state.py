@@ -29,7 +29,9 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
 )
 # 429 and 400 are left out of the default random faults (they can still be listed in
 # fault_kinds): at random they would blur a rehearsal's real rate limits and client bugs.
-DIRECTIVE_KINDS: Final[tuple[str, ...]] = (*FAULT_KINDS, "429", "400")
+# badjson / badshape: a 200 answer whose content is not JSON / JSON of the wrong shape (what a
+# model ignoring response_format sends); listed in fault_kinds they also come at random.
+DIRECTIVE_KINDS: Final[tuple[str, ...]] = (*FAULT_KINDS, "429", "400", "badjson", "badshape")
 
 DEFAULT_MODELS: Final[tuple[str, ...]] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 ORGANIZATION: Final = "org-mock"
@@ -212,6 +214,7 @@ class Parsed:
     inputs: list[str] = field(default_factory=list)
     encoding_format: str = "float"
     dimensions: int | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def error(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files.reader import FileSource
+from ..files.reader import FileSource, Parser
 from ..models import MESSAGE_OVERHEAD_TOKENS, InvalidLine
 from ..money.pricing import ModelPrice, PriceBook, worst_case_cost
 
@@ -41,8 +41,9 @@ def estimate(
     assume_max_tokens: int = 4096,
     typical_cap: int = 256,
     batch: bool = False,
+    parser: Parser | None = None,
 ) -> dict[str, Any]:
-    src = FileSource(path, default_model)
+    src = FileSource(path, default_model, parser)
     invalid: list[InvalidLine] = []
     src.scan(None, invalid.append)
     per: dict[str, _ModelTotals] = {}
