@@ -150,7 +150,7 @@ class LimiterUnavailable(BurstError):
 
 def missing_redis() -> UsageError:
     return UsageError(
-        "--limiter needs the redis package: pip install 'burstq[redis]' (the Docker image has it)"
+        "--limiter needs the redis package (a dependency of burstq): pip install redis"
     )
 
 
