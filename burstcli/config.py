@@ -194,9 +194,10 @@ class RunConfig:
     output_format: str = "burstq"  # burstq | openai-batch
     limiter: str | None = None
     limit_key: str | None = None
-    max_wait: float = DEFAULT_MAX_WAIT
+    max_wait: float = DEFAULT_MAX_WAIT  # also the longest provider-requested pause waited out
     shard: Shard | None = None
     task: RowTask | None = None
+    max_response_bytes: int = 32 * 1024 * 1024
 
     @property
     def provider(self) -> ProviderSpec:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from .errors import FatalProviderError
+from .redact import redact_cut
 
 Endpoint = Literal["chat", "embeddings"]
 
@@ -170,9 +171,12 @@ class Result:
             latency_ms=self.latency_ms,
             attempts=self.attempts,
             usage=self.usage,
-            tokens_used=self.tokens_used,
+            # An answer whose usage was missing or malformed: tokens unknown, not 0.
+            tokens_used=None
+            if self.usage is None and self.status == "completed"
+            else self.tokens_used,
             cost_usd=self.cost_usd,
-            error=self.error,
+            error=_redacted(self.error),
             metadata=self.metadata,
             finished_at=self.finished_at,
         )
@@ -185,6 +189,17 @@ class Result:
             rec["unanswered_attempts"] = self.unanswered_attempts
         rec.update(self.extra)
         return rec
+
+
+ERROR_MESSAGE_CHARS = 2000
+
+
+def _redacted(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An error as stored: its message through the one redaction step, then capped. Every
+    mode's records pass here, whatever built the message (a provider may quote our key)."""
+    if not error or "message" not in error:
+        return error
+    return {**error, "message": redact_cut(str(error["message"]), ERROR_MESSAGE_CHARS)}
 
 
 @dataclass(slots=True)
@@ -238,6 +253,7 @@ class RunOutcome:
     tally: Tally
     signal: int | None = None
     error: FatalProviderError | None = None
+    missing: int = 0  # input lines left without a record by a run that says it is done
 
 
 def now_iso() -> str:

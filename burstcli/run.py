@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import secrets
 import signal
 import sys
 import time
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .config import OPENAI_BASE_URL, ProviderSpec, RunConfig
 from .errors import UsageError
 from .files.journal import Journal, open_for_resume
-from .files.reader import Done, FileSource, StreamSource, file_digest
+from .files.output import check_output, output_lock, same_file
+from .files.reader import Done, FileSource, ScanStopped, StreamSource
 from .files.rows import parser_for
 from .live.client import ApiClient
 from .live.engine import Engine, EngineConfig, aiter_items, prioritized
@@ -28,6 +30,7 @@ from .live.limits import Limits
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
 from .observe.progress import Reporter
+from .redact import redact, register
 
 if TYPE_CHECKING:
     from .batch.driver import BatchRun
@@ -92,7 +95,8 @@ def simulated(cfg: RunConfig, *, batch: bool = False) -> Iterator[tuple[str | No
     server = ThreadedMockServer(mock)
     server.start()
     try:
-        yield server.base_url, "sk-simulate"
+        # Random, so hiding it (every key is) never blanks out an ordinary word.
+        yield server.base_url, f"sk-{secrets.token_hex(16)}"
     finally:
         server.close()
 
@@ -121,16 +125,31 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
     started = time.monotonic()
     warnings: list[str] = []
 
+    register(cfg.api_key)  # where the key enters a run: hidden from everything written after
+
     def warn(msg: str) -> None:
+        msg = redact(msg)
         if msg not in warnings:
             warnings.append(msg)
             if not cfg.quiet:
                 print(f"burstq: warning: {msg}", file=sys.stderr)
 
-    if cfg.via == "batch":
-        return await _execute_batch(cfg, warn, started)
-    with simulated(cfg) as (base_url, api_key):
-        return await _execute_live(cfg, base_url, api_key, warn, started, on_ready)
+    out_path = None if cfg.output == "-" else Path(cfg.output)
+    # A device or FIFO is only written to: no lock, no sidecar, nothing to resume.
+    regular = out_path is not None and check_output(out_path)
+    if out_path is not None and not regular and (cfg.retry_failed or cfg.restart):
+        raise UsageError(f"--retry-failed and --restart need OUTPUT to be a file, not {out_path}")
+    if out_path is not None and cfg.input != "-" and same_file(Path(cfg.input), out_path):
+        raise UsageError(f"OUTPUT must not be INPUT ({out_path} is {cfg.input})")
+    with output_lock(out_path) if out_path is not None and regular else contextlib.nullcontext():
+        if cfg.via == "batch":
+            if out_path is not None and not regular:
+                raise UsageError(
+                    "--via batch needs -o OUTPUT to be a file: its state lives beside it"
+                )
+            return await _execute_batch(cfg, warn, started)
+        with simulated(cfg) as (base_url, api_key):
+            return await _execute_live(cfg, base_url, api_key, warn, started, on_ready, regular)
 
 
 async def _execute_live(
@@ -140,16 +159,77 @@ async def _execute_live(
     warn: Callable[[str], None],
     started: float,
     on_ready: Callable[[Engine], None] | None,
+    regular: bool,
 ) -> RunReport:
 
     base_url, prices = provider(cfg.provider, base_url, api_key, warn)
 
     tally = Tally()
+    in_path = None if cfg.input == "-" else Path(cfg.input)
+    loop = asyncio.get_running_loop()
+    # Ctrl-C from the very start: hashing and scanning a large INPUT take a while, and run
+    # in a thread that looks at this between chunks.
+    stop = _Stop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, int(sig))
+    try:
+        parser = parser_for(cfg.job)
+        src = (
+            FileSource(in_path, cfg.model, parser, shard=cfg.shard) if in_path is not None else None
+        )
+        try:
+            return await _live(
+                cfg, base_url, api_key, prices, warn, started, on_ready, regular, src, stop, tally
+            )
+        except ScanStopped:
+            elapsed = time.monotonic() - started
+            outcome = RunOutcome("interrupted", tally, stop.signum)
+            return RunReport(outcome, elapsed, "burstq: interrupted before anything was sent")
+        finally:
+            if src is not None:
+                src.close()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+class _Stop:
+    """The signal handler until the engine runs, then the engine's `request_stop`."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.engine: Engine | None = None
+
+    def __call__(self, signum: int) -> None:
+        if self.engine is not None:
+            self.engine.request_stop(signum)
+        elif self.signum is None:
+            self.signum = signum
+
+    def stopped(self) -> bool:
+        return self.signum is not None
+
+
+async def _live(
+    cfg: RunConfig,
+    base_url: str,
+    api_key: str | None,
+    prices: PriceBook,
+    warn: Callable[[str], None],
+    started: float,
+    on_ready: Callable[[Engine], None] | None,
+    regular: bool,
+    src: FileSource | None,
+    stop: _Stop,
+    tally: Tally,
+) -> RunReport:
     out_path = None if cfg.output == "-" else Path(cfg.output)
     in_path = None if cfg.input == "-" else Path(cfg.input)
     fingerprint: dict[str, Any] = {"input": cfg.input, "shaping": shaping(cfg)}
-    if in_path is not None:
-        fingerprint["input_sha256"] = file_digest(in_path)
+    if src is not None:
+        fingerprint["input_sha256"] = await asyncio.to_thread(src.digest, stop.stopped)
+    if not regular:
+        out_path = None  # records go to the device or FIFO, nothing is resumed from it
     done: Done | None = None
     done_ids: dict[int, str] | None = None
     spent_before = 0.0
@@ -200,7 +280,7 @@ async def _execute_live(
 
     loop = asyncio.get_running_loop()
     shared, redis_client = _shared_pacer(cfg, base_url, api_key, loop.time, warn)
-    journal = Journal(out_path, fsync=cfg.fsync)
+    journal = Journal(None if cfg.output == "-" else Path(cfg.output), fsync=cfg.fsync)
     limits = Limits(
         concurrency=cfg.concurrency,
         rpm=cfg.rpm,
@@ -208,6 +288,7 @@ async def _execute_live(
         clock=loop.time,
         concurrency_given=cfg.concurrency_given,
         shared=shared,
+        backoff_base=cfg.backoff_base,
     )
 
     budget = None
@@ -221,13 +302,18 @@ async def _execute_live(
         max_output_chars=cfg.max_output_chars,
         grace=cfg.grace,
         max_cost=cfg.max_cost,
+        max_wait=cfg.max_wait,
     )
     mode = _reporter_mode(cfg)
     reporter = Reporter(
         tally, limits.snapshot, mode=mode, interval=cfg.status_every if mode == "plain" else None
     )
+    # The scan validates everything before anything is sent; invalid lines are recorded first.
+    items, counts = await _source(cfg, src, done, done_ids, tally, stop)
     try:
-        async with ApiClient(base_url, api_key, timeout=cfg.timeout) as client:
+        async with ApiClient(
+            base_url, api_key, timeout=cfg.timeout, max_response_bytes=cfg.max_response_bytes
+        ) as client:
             engine = Engine(
                 client=client,
                 limits=limits,
@@ -238,10 +324,8 @@ async def _execute_live(
                 tally=tally,
                 formatter=formatter,
             )
-            items = _source(cfg, in_path, done, done_ids, tally)
             metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, engine.request_stop, int(sig))
+            stop.engine = engine
             if on_ready is not None:
                 on_ready(engine)
             reporter.start()
@@ -255,8 +339,7 @@ async def _execute_live(
             finally:
                 gc.set_threshold(*gc_threshold)
                 gc.unfreeze()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                stop.engine = None
                 await reporter.stop()
                 if metrics_task is not None:
                     metrics_task.cancel()  # it writes the final figures as it stops
@@ -270,6 +353,10 @@ async def _execute_live(
         if shared is not None:
             await shared.aclose()
             await redis_client.aclose()
+    if outcome.reason == "done":
+        # The last line of defence: whatever went wrong, a run that ends with input lines
+        # lacking a record does not pass for a finished one (a rerun fills them in).
+        outcome.missing = max(0, counts.total - counts.done - tally.finished)
     elapsed = time.monotonic() - started
     return RunReport(
         outcome, elapsed, reporter.summary(elapsed), budget.spent if budget is not None else None
@@ -364,23 +451,21 @@ def _metrics(
     return metrics, task
 
 
-def _source(
+async def _source(
     cfg: RunConfig,
-    in_path: Path | None,
+    src: FileSource | None,
     done: Done | None,
     done_ids: dict[int, str] | None,
     tally: Tally,
-) -> AsyncIterator[Request | InvalidLine]:
-    parser = parser_for(cfg.job)
-    if in_path is None:
-        stream = StreamSource(sys.stdin.buffer, cfg.model, parser, shard=cfg.shard)
-        return prioritized(stream.items(done, done_ids), window=cfg.stdin_window)
-    src = FileSource(in_path, cfg.model, parser, shard=cfg.shard)
-    # The scan validates everything before anything is sent; invalid lines are recorded first.
+    stop: _Stop,
+) -> tuple[AsyncIterator[Request | InvalidLine], FileSource | StreamSource]:
+    if src is None:
+        stream = StreamSource(sys.stdin.buffer, cfg.model, parser_for(cfg.job), shard=cfg.shard)
+        return prioritized(stream.items(done, done_ids), window=cfg.stdin_window), stream
     invalid: list[InvalidLine] = []
-    src.scan(done, invalid.append)
+    await asyncio.to_thread(src.scan, done, invalid.append, stop.stopped)
     tally.total = src.total
-    return _chain(invalid, src.requests())
+    return _chain(invalid, src.requests()), src
 
 
 async def _chain(

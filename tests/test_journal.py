@@ -8,8 +8,14 @@ from typing import Any
 import orjson
 import pytest
 
-from burstcli.errors import InputError, ResumeMismatch
-from burstcli.files.journal import Journal, iter_records, open_for_resume, sidecar_path
+from burstcli.errors import OutputError, ResumeMismatch
+from burstcli.files.journal import (
+    Journal,
+    iter_records,
+    open_for_resume,
+    sidecar_path,
+    write_sidecar,
+)
 
 FP: dict[str, Any] = {
     "input": "in.jsonl",
@@ -107,6 +113,12 @@ def test_torn_complete_line_with_invalid_json_is_cut(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     bad = b'{"request_id": "r3", "line": 3, "sta\x00\x00\n'
     write(out, rec(1), rec(2), tail=bad)
+    # Without a sidecar nothing proves the garbage line is ours: refused, untouched.
+    before = out.read_bytes()
+    with pytest.raises(OutputError):
+        open_for_resume(out, FP)
+    assert out.read_bytes() == before
+    write_sidecar(out, FP)  # with it (after a power loss), the line is cut
     state = open_for_resume(out, FP)
     assert state.repaired_bytes == len(bad)
     assert [r["line"] for r in lines_of(out)] == [1, 2]
@@ -116,6 +128,10 @@ def test_torn_complete_line_with_invalid_json_is_cut(tmp_path: Path) -> None:
 def test_only_a_torn_line(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(b'{"request_id": "r1", "li')
+    with pytest.raises(OutputError):  # no sidecar, no complete record: not provably ours
+        open_for_resume(out, FP)
+    assert out.read_bytes() == b'{"request_id": "r1", "li'
+    write_sidecar(out, FP)
     state = open_for_resume(out, FP)
     assert state.repaired_bytes == 24 and out.read_bytes() == b"" and state.records == 0
 
@@ -152,7 +168,7 @@ def test_foreign_lines_are_refused_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(orjson.dumps(rec(1)) + b'\n{"hello": "world"}\n' + orjson.dumps(rec(3)) + b"\n")
     before = out.read_bytes()
-    with pytest.raises(InputError) as info:
+    with pytest.raises(OutputError) as info:
         open_for_resume(out, FP)
     assert str(info.value).startswith(f"{out}:2: not a burstq record")
     assert "--restart" in str(info.value)

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "files": FLOOR,
     "mock": set(),
     "config": {"errors", "models", "redact"},
-    "models": {"errors"},
+    "models": {"errors", "redact"},
     "errors": set(),
     "redact": set(),
     "__main__": {"cli"},

@@ -512,12 +512,33 @@ async def test_rate_limited_pauses_everyone_for_retry_after() -> None:
     assert times[-1] == pytest.approx(T0 + 2.0 + 39 / rate - BURST_SECONDS)
 
 
-async def test_rate_limited_without_retry_after_pauses_one_second() -> None:
+async def test_rate_limited_without_retry_after_backs_off_exponentially_to_a_cap() -> None:
     vt = VirtualTime()
-    lim = make_limits(vt, slow_start=False)
+    lim = make_limits(vt, slow_start=False, backoff_base=0.5)
+    pauses = []
+    for _ in range(10):
+        start = vt.now
+        lim.on_rate_limited({}, None)
+        assert lim.snapshot().pause_reason == "429 backoff"
+        await vt.run(lim.pace(1))
+        pauses.append(vt.now - start)
+    assert pauses[:4] == pytest.approx([0.5, 1.0, 2.0, 4.0])
+    assert max(pauses) == pytest.approx(60.0)  # the cap
+    lim.on_success({}, 1, 1)  # an answer ends the streak
+    start = vt.now
     lim.on_rate_limited({}, None)
     await vt.run(lim.pace(1))
-    assert vt.now == pytest.approx(T0 + 1.0)
+    assert vt.now - start == pytest.approx(0.5)
+
+
+def test_absurd_retry_after_values_are_clamped() -> None:
+    from burstcli.live.limits import MAX_HINT, retry_after
+
+    assert retry_after({"retry-after-ms": "inf"}) == MAX_HINT
+    assert retry_after({"retry-after-ms": "nan", "retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after": "1e308"}) == MAX_HINT
+    assert retry_after({"retry-after": "-5"}) == 0.0
+    assert retry_after({"retry-after": "nan"}) is None
 
 
 async def test_a_429_during_a_wait_rebooks_after_the_pause() -> None:

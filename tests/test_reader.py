@@ -298,7 +298,7 @@ def test_stream_source_yields_in_stream_order() -> None:
 
 
 def test_stream_source_yields_invalid_lines_at_once_and_skips_done() -> None:
-    lines = stream_of([1, 9]) + [b"{bad\n", b"\n"] + stream_of([5])
+    lines = stream_of([1, 9]) + [b"{bad\n", b"\n", b'{"id": "s5", "input": "x"}\n']
     done = Done()
     done.add(1)
     src = StreamSource(lines, "m")

@@ -216,6 +216,7 @@ async def _run(
         tally.total = src.total
         run.record_invalid(invalid)
         run.plan_new(src)
+        src.close()  # shard files are written from the path, once, below
         fresh = [s for s in state.shards if s.state == "new"]
         if fresh:
             await asyncio.to_thread(run.materialize, fresh)

@@ -13,9 +13,10 @@ from typing import Any, Literal
 import orjson
 
 from ..config import JobSpec
-from ..files.answers import extract_output, finish_reason
+from ..files.answers import clean_usage, extract_output, finish_reason
 from ..files.schema import OutputProblem, Validator, response_format
 from ..models import ENDPOINT_PATHS, Request, Result, now_iso
+from ..redact import redact_cut
 from .state import Pending, Shard
 
 
@@ -290,8 +291,16 @@ def line_result(
     if out.verdict != "completed" or body is None:
         return result
     result.parsed = out.parsed
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-    text, vectors = extract_output(shard.endpoint, body)
+    usage = clean_usage(body.get("usage"))
+    try:
+        text, vectors = extract_output(shard.endpoint, body)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        result.error = {
+            "type": "malformed_response",
+            "message": f"unreadable answer: {exc}",
+            "status_code": out.status_code,
+        }
+        return result
     if text is not None:
         text = text.strip()
         if len(text) > max_output_chars:
@@ -301,7 +310,7 @@ def line_result(
     if vectors is not None:
         result.embedding = vectors if list_input else vectors[0]
     # The answering snapshot (e.g. gpt-4o-mini-2024-07-18) is what the body names.
-    result.model_used = str(body.get("model") or shard.model)
+    result.model_used = redact_cut(str(body.get("model") or shard.model), 200)
     if shard.endpoint == "chat":
         result.finish_reason = finish_reason(body)
     result.cost_usd = price(shard.model, usage, batch=True)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import UsageError
+from ..redact import redact
 
 BATCH_STATE_SUFFIX = ".batches.json"
 STATE_VERSION = 1
@@ -114,7 +115,8 @@ class BatchState:
     def save(self, path: Path, *, fsync: bool = False) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as f:
-            f.write(orjson.dumps(self.to_json()))
+            # Errors carried to the next round are provider text: redacted like every message.
+            f.write(redact(orjson.dumps(self.to_json()).decode()).encode())
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import typer
 
 from ..errors import BurstError
+from ..redact import redact
 
 app = typer.Typer(
     name="burstq",
@@ -36,7 +38,9 @@ def boundary(fn: Callable[..., None]) -> Callable[..., None]:
             fn(*args, **kwargs)
         except BurstError as exc:
             if os.environ.get("BURSTQ_DEBUG") == "1":
-                raise
+                # The traceback for whoever debugs, and still the documented exit code for
+                # the cron job or CI step around it.
+                err(redact("".join(traceback.format_exception(exc))))
             err(f"Error: {exc}")
             raise typer.Exit(exc.exit_code) from None
 
@@ -48,7 +52,8 @@ def env(name: str) -> str:
 
 
 def err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    """Print to stderr, through the one redaction step (a provider may echo the key)."""
+    print(redact(msg), file=sys.stderr)
 
 
 def console() -> Any:

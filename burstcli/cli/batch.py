@@ -86,7 +86,9 @@ def batch_cancel(
 
     from ..batch.jobs import cancel_batches
     from ..config import ProviderSpec
+    from ..redact import register
 
+    register(api_key)
     spec = ProviderSpec(base_url, api_key)
     cancelled = asyncio.run(
         cancel_batches(

@@ -71,11 +71,10 @@ def validate(
 
         burstq validate samples/reviews.csv --template samples/reviews.toml
     """
-    from ..errors import InputError
+    from ..files.output import check_input
     from ..files.reader import validate_file
 
-    if not input.is_file():
-        raise InputError(f"cannot read {input}: no such file")
+    check_input(input)
     parser, model = _parser(
         ctx, input, model, prompt, system, template, schema, id_column, input_format
     )
@@ -133,12 +132,11 @@ def estimate(
     """
     import orjson
 
-    from ..errors import InputError
+    from ..files.output import check_input
     from ..money.estimate import estimate as compute
     from ..money.pricing import PriceBook, PricesFileError
 
-    if not input.is_file():
-        raise InputError(f"cannot read {input}: no such file")
+    check_input(input)
     parser, model = _parser(
         ctx, input, model, prompt, system, template, schema, id_column, input_format
     )

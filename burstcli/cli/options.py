@@ -254,8 +254,9 @@ MaxWaitOpt = Annotated[
     typer.Option(
         envvar=_env("max_wait"),
         min=0,
-        help="Seconds to wait for something the run depends on (the --limiter's Redis) to "
-        "come back before stopping, resumably.",
+        help="Longest wait (seconds) burstq sits out: for a provider's retry-after, or for "
+        "something the run depends on (the --limiter's Redis) to come back. Longer stops "
+        "the run, resumably (exit 2), saying when to come back.",
     ),
 ]
 LimiterOpt = Annotated[
@@ -328,5 +329,14 @@ InputFormatOpt = Annotated[
     typer.Option(
         envvar=_env("input_format"),
         help="csv, tsv, jsonl or parquet [default: from INPUT's extension; needed for stdin].",
+    ),
+]
+MaxResponseBytesOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=_env("max_response_bytes"),
+        min=1024,
+        help="Largest provider answer read, in bytes (default 32 MiB); a larger one is a "
+        "failed record (response_too_large), not a memory spike.",
     ),
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import BurstError, UsageError
+from ..errors import BurstError, IncompleteRun, UsageError
 from .app import app, boundary, err
 from .options import (
     ApiKeyOpt,
@@ -30,6 +30,7 @@ from .options import (
     LimitKeyOpt,
     MaxCostOpt,
     MaxOutputCharsOpt,
+    MaxResponseBytesOpt,
     MaxRetriesOpt,
     MaxWaitOpt,
     MetricsFileOpt,
@@ -121,6 +122,7 @@ def run(
     schema: SchemaOpt = None,
     id_column: IdColumnOpt = None,
     input_format: InputFormatOpt = None,
+    max_response_bytes: MaxResponseBytesOpt = 32 * 1024 * 1024,
 ) -> None:
     """Process a request file (or data rows through a prompt template): every line or row
     gets exactly one record in OUTPUT.
@@ -140,6 +142,8 @@ def run(
         burstq run samples/reviews.csv -o labels.jsonl --template samples/reviews.toml --simulate
     """
     from ..config import RunConfig, Shard
+    from ..files.output import check_input
+    from ..redact import register
     from ..run import execute
     from .rows import task_options
 
@@ -161,6 +165,8 @@ def run(
     if shard_spec is not None and via == "batch":
         raise UsageError("--shard splits a live run; --via batch hands the whole file over")
 
+    register(api_key)  # where the key enters: hidden from every message from here on
+
     if output is None:
         output = "-" if input == "-" else str(_default_output(input))
     if progress not in ("auto", "rich", "plain", "quiet"):
@@ -169,10 +175,8 @@ def run(
         raise UsageError(f"--via must be direct or batch, not {via!r}")
     if output_format not in ("burstq", "openai-batch"):
         raise UsageError(f"--output-format must be burstq or openai-batch, not {output_format!r}")
-    if output != "-" and input != "-" and Path(output).resolve() == Path(input).resolve():
-        raise UsageError("OUTPUT must not be INPUT")
-    if input != "-" and not Path(input).is_file():
-        raise UsageError(f"cannot read {input}: no such file")
+    if input != "-":
+        check_input(Path(input))
     if output == "-" and (retry_failed or restart):
         raise UsageError("--retry-failed and --restart need an OUTPUT file")
     cfg = RunConfig(
@@ -213,23 +217,25 @@ def run(
         max_wait=max_wait,
         shard=shard_spec,
         task=task,
+        max_response_bytes=max_response_bytes,
     )
     report = execute(cfg)
     outcome = report.outcome
     if not quiet:
         err(report.summary)
     if outcome.error is not None:
-        raise BurstError(
-            f"{outcome.error.kind}: {outcome.error} -- the run stopped at once "
-            "(every further call would fail the same way); fix it and rerun "
-            "the same command to resume"
-        )
+        raise BurstError(f"{outcome.error.kind}: {outcome.error} -- {outcome.error.advice}")
     if outcome.reason == "interrupted":
         err(
             f"burstq: interrupted; to resume, run the same command again:\n  "
             f"{_resume_hint(api_key)}"
         )
         raise typer.Exit(130 if outcome.signal == 2 else 143)
+    if outcome.missing:
+        raise IncompleteRun(
+            f"{outcome.missing} input line(s) have no record in {output} although the run "
+            "ended; rerun the same command to fill them in"
+        )
     if outcome.reason == "budget":
         err(
             f"burstq: budget cap reached: spent ${report.budget_spent or 0:.6f} of "

@@ -13,8 +13,12 @@ def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, lis
     Tool calls without text are kept as their JSON, so a function-calling job has an output.
     """
     if endpoint == "embeddings":
-        items = sorted(data["data"], key=lambda i: i.get("index", 0))
-        return None, [i["embedding"] for i in items]
+        items = data["data"]
+        index = [i.get("index", n) for n, i in enumerate(items)]
+        if any(type(x) is not int for x in index):  # bool, str, float: not an index
+            raise ValueError("data[].index is not an integer")
+        order = sorted(range(len(items)), key=index.__getitem__)
+        return None, [items[n]["embedding"] for n in order]
     message = data["choices"][0]["message"]
     content = message.get("content")
     if isinstance(content, list):
@@ -22,6 +26,34 @@ def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, lis
     if not content and message.get("tool_calls"):
         return orjson.dumps(message["tool_calls"]).decode(), None
     return (content if isinstance(content, str) else None), None
+
+
+MAX_TOKENS = 2**53  # beyond any real count, and exact as a JSON number everywhere
+
+
+def clean_usage(usage: Any) -> dict[str, Any] | None:
+    """A provider's `usage`, or None when it is not the documented shape.
+
+    Counts must be non-negative integers (nested details objects of them too): a string, a
+    list, a float or a 100-digit number would break token totals, pacing and prices, so
+    such a usage is dropped (usage, tokens and cost unknown) and the answer is kept.
+    """
+    if not isinstance(usage, dict) or not _counts(usage, 0):
+        return None
+    return usage
+
+
+def _counts(obj: dict[str, Any], depth: int) -> bool:
+    for value in obj.values():
+        if type(value) is int:
+            if not 0 <= value < MAX_TOKENS:
+                return False
+        elif isinstance(value, dict):
+            if depth >= 2 or not _counts(value, depth + 1):
+                return False
+        elif value is not None:
+            return False
+    return True
 
 
 def finish_reason(data: dict[str, Any]) -> str | None:

@@ -9,8 +9,10 @@ the output, so a resume against something else is refused instead of mixing two 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from ..errors import InputError, ResumeMismatch, UsageError
+from ..errors import OutputError, ResumeMismatch
 from ..files.reader import Done
 
 SIDECAR_SUFFIX = ".burstq.json"
@@ -40,13 +42,19 @@ class Journal:
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self.written = 0
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        data = b"".join([orjson.dumps(r) + b"\n" for r in records])
-        if not data:
+        """Records as one write; one that cannot be serialized is written as its line's
+        failed record instead, never dropping the others of the batch."""
+        self.write_lines([_dumps(r) for r in records])
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Serialized records (no newline) as one write."""
+        if not lines:
             return
+        data = b"\n".join(lines) + b"\n"
         if self._fd < 0:  # stdout: whatever object sys.stdout is now (a pipe, a test capture)
             sys.stdout.flush()
             sys.stdout.buffer.write(data)
@@ -58,7 +66,7 @@ class Journal:
                 view = view[n:]
             if self.fsync:
                 os.fsync(self._fd)
-        self.written += data.count(b"\n")
+        self.written += len(lines)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -98,16 +106,56 @@ def sidecar_of(output: Path) -> dict[str, Any] | None:
     return read_sidecar(sidecar_path(output))
 
 
+def _dumps(rec: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(rec)
+    except (TypeError, ValueError) as exc:
+        return orjson.dumps(_unwritable(rec, exc))
+
+
+def _unwritable(rec: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The failed record of one that could not be serialized, from its identifying fields."""
+    error = {
+        "type": "internal_error",
+        "message": f"the record could not be written: {exc}",
+        "status_code": None,
+    }
+    ids = {k: rec[k] for k in ("id", "custom_id", "request_id", "line") if k in rec}
+    ids = {k: v for k, v in ids.items() if isinstance(v, str | int) and not isinstance(v, bool)}
+    if "custom_id" in ids:  # the Batch API's output line shape
+        return {
+            "id": ids.get("id"),
+            "custom_id": ids["custom_id"],
+            "response": None,
+            "error": error,
+        }
+    return {
+        "request_id": ids.get("request_id"),
+        "line": ids.get("line"),
+        "status": "failed",
+        "output": None,
+        "error": error,
+        "finished_at": rec.get("finished_at") if isinstance(rec.get("finished_at"), str) else None,
+    }
+
+
 def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
     side = sidecar_path(output)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_bytes(
-        orjson.dumps(
-            {"version": SIDECAR_VERSION, **fingerprint},
-            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
-        )
+    data = orjson.dumps(
+        {"version": SIDECAR_VERSION, **fingerprint},
+        option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
     )
-    os.replace(tmp, side)
+    tmp = ""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=side.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, side)
+    except OSError as exc:
+        if tmp:  # a full disk or a read-only directory leaves nothing behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
 
 
 def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -155,21 +203,53 @@ def open_for_resume(
     """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done.
 
     By default OUTPUT holds burstq records, found done by their line number; another `shape`
-    (formats.py's Batch API lines) registers its records itself.
+    (formats.py's Batch API lines) registers its records itself. Nothing is modified (cut,
+    rewritten or deleted) before OUTPUT is proven burstq's: its sidecar matches, or every
+    complete line is a record of the shape. Anything else is refused untouched.
     """
     side = sidecar_path(output)
+    old = read_sidecar(side)
+    size = output.stat().st_size if output.exists() else 0
     if restart:
+        if size and old is None:
+            _prove_ours(output)
         for p in (output, side):
             p.unlink(missing_ok=True)
+        old, size = None, 0
     state = ResumeState(ids={} if keep_ids else None)
-    if output.exists() and output.stat().st_size > 0:
-        old = read_sidecar(side)
+    if size > 0:
         if old is not None:
             _check_fingerprint(output, old, fingerprint)
-        state.repaired_bytes = _repair_tail(output)
-        _scan(output, state, retry_failed, shape or _burstq_shape(state))
+        keep = _intact_length(output, size, proven=old is not None)
+        _scan(output, state, retry_failed, shape or _burstq_shape(state), keep)
+        if keep < size and output.stat().st_size > keep:
+            with output.open("rb+") as f:
+                f.truncate(keep)
+        state.repaired_bytes = size - keep
     write_sidecar(output, fingerprint)
     return state
+
+
+def _not_ours(output: Path, why: str) -> OutputError:
+    return OutputError(
+        f"{output} is not a burstq output ({why}); refusing to touch it. Choose another -o OUTPUT."
+    )
+
+
+def _prove_ours(output: Path) -> None:
+    """Without a sidecar, --restart deletes OUTPUT only if its complete lines are records."""
+    with output.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or not (
+                ("request_id" in rec and "status" in rec) or "custom_id" in rec
+            ):
+                raise _not_ours(output, f"line {n} is not a record")
 
 
 def _burstq_shape(state: ResumeState) -> RecordShape:
@@ -195,34 +275,51 @@ def _last_newline_before(f: IO[bytes], pos: int) -> int:
     return -1
 
 
-def _repair_tail(output: Path) -> int:
-    """Cut a torn last line (no newline, or not valid JSON) left by a hard kill."""
-    size = output.stat().st_size
-    with output.open("rb+") as f:
+def _intact_length(output: Path, size: int, *, proven: bool) -> int:
+    """Bytes of OUTPUT before a torn last line (none: `size`). Reads only.
+
+    A hard kill can leave a last line without its newline: that is cut. After a power loss a
+    complete-looking last line may hold garbage: that is cut only when the sidecar proves the
+    file ours; otherwise the scan refuses it, like any line that is not a record.
+    """
+    with output.open("rb") as f:
         f.seek(size - 1)
         if f.read(1) != b"\n":
             keep = _last_newline_before(f, size) + 1
-        else:
-            # Complete, but after a power loss its bytes may not all be there: parse it.
-            start = _last_newline_before(f, size - 1) + 1
-            f.seek(start)
-            try:
-                orjson.loads(f.read(size - start))
-                return 0
-            except orjson.JSONDecodeError:
-                keep = start
-        f.truncate(keep)
-        return size - keep
+            f.seek(keep)
+            if not f.read(2).startswith(b"{"):  # burstq's torn line is the start of a record
+                raise _not_ours(output, "its last line is not a record")
+            if keep == 0 and not proven:
+                raise _not_ours(output, "it holds no complete record")
+            return keep
+        if not proven:
+            return size
+        start = _last_newline_before(f, size - 1) + 1
+        f.seek(start)
+        try:
+            orjson.loads(f.read(size - start))
+            return size
+        except orjson.JSONDecodeError:
+            return start
 
 
-def _scan(output: Path, state: ResumeState, retry_failed: bool, shape: RecordShape) -> None:
-    # With --retry-failed, failed records are replaced, not duplicated: the kept ones stream
-    # into a temporary file that atomically replaces OUTPUT.
-    tmp = output.with_name(output.name + ".tmp")
-    kept = tmp.open("wb") if retry_failed else None
+def _scan(
+    output: Path, state: ResumeState, retry_failed: bool, shape: RecordShape, limit: int
+) -> None:
+    # Reads the first `limit` bytes only (a torn tail is not read); with --retry-failed the
+    # kept records stream into a temporary file that atomically replaces OUTPUT.
+    kept = None
+    tmp = ""
+    if retry_failed:
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=output.name + ".", suffix=".tmp")
+        kept = os.fdopen(fd, "wb")
     try:
         with output.open("rb") as f:
+            pos = 0
             for n, raw in enumerate(f, start=1):
+                pos += len(raw)
+                if pos > limit:
+                    break
                 if not raw.strip():
                     continue
                 try:
@@ -239,9 +336,10 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool, shape: RecordSha
                     TypeError,
                     ValueError,
                 ) as exc:
-                    raise InputError(
+                    raise OutputError(
                         f"{output}:{n}: not a {shape.name} ({exc}); refusing to resume over "
-                        "it. Use --restart to start over, or another -o OUTPUT."
+                        "it (nothing was changed). Use --restart to start over, or another "
+                        "-o OUTPUT."
                     ) from exc
                 if kept is not None:
                     kept.write(raw)
@@ -261,7 +359,8 @@ def _scan(output: Path, state: ResumeState, retry_failed: bool, shape: RecordSha
     finally:
         if kept is not None:
             kept.close()
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def iter_records(path: Path) -> Iterable[dict[str, Any]]:

@@ -11,7 +11,10 @@ a duplicate id is caught across shards exactly as one unsharded run would catch 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,6 +28,50 @@ from ..errors import InputError, ResumeMismatch
 from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
 
 OnInvalid = Callable[[InvalidLine], None]
+ShouldStop = Callable[[], bool]
+
+BOM = b"\xef\xbb\xbf"
+# Deeper than this, burstq could not write the line's record (orjson stops at 255 levels, and
+# a record nests the line's metadata and body a few levels down): refused at validation.
+MAX_DEPTH = 128
+STOP_EVERY = 4096  # lines between looks at a stop request or a changed INPUT
+_DERIVED = re.compile(r"line-(\d+)")
+
+
+class ScanStopped(Exception):
+    """Ctrl-C while a large INPUT was being scanned or hashed (nothing was sent)."""
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (the point is very deep input)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > deepest:
+            deepest = d
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node if isinstance(v, dict | list))
+    return deepest
+
+
+def _refusal(obj: dict[str, Any], raw: bytes, line: int) -> str | None:
+    """What burstq cannot do with a line that is otherwise valid, or None."""
+    # Cheap bound first: a line cannot nest deeper than it has brackets.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        return f"nested more than {MAX_DEPTH} levels deep (its record could not be written)"
+    body = obj.get("body") if "custom_id" in obj else obj.get("params")
+    if isinstance(body, dict) and body.get("stream"):
+        where = "body.stream" if "custom_id" in obj else "params.stream"
+        return f"{where}: not supported (burstq reads whole answers); remove it"
+    rid = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
+    if isinstance(rid, str) and (m := _DERIVED.fullmatch(rid)) and int(m.group(1)) != line:
+        # line-N is the id a line without one gets: an explicit one elsewhere would collide.
+        return (
+            f"id: {rid!r} is the id burstq gives line {m.group(1)} when it has none; choose another"
+        )
+    return None
 
 
 class Parser(Protocol):
@@ -108,6 +155,8 @@ def parse_line(
     `trusted` skips validation for a line the scan already accepted (the models are strict,
     so the raw values are exactly what validation passed): it halves the per-line cost.
     """
+    if line == 1 and raw.startswith(BOM):  # files saved by Windows editors
+        raw = raw[3:]
     if not raw.strip():
         return None
     try:
@@ -118,9 +167,32 @@ def parse_line(
         return InvalidLine(line, None, f"expected a JSON object, got {type(obj).__name__}")
     if trusted:
         return _trusted(obj, line, default_model)
+    if (why := _refusal(obj, raw, line)) is not None:
+        rid = obj.get("custom_id") if "custom_id" in obj else obj.get("id")
+        known = str(rid) if isinstance(rid, str | int) and rid != "" else None
+        # A reserved id stays off the record too: the record is line-N of its own line.
+        return InvalidLine(line, None if why.startswith("id: ") else known, why)
     if "custom_id" in obj:
         return _parse_batch(obj, line, default_model)
     return _parse_native(obj, line, default_model)
+
+
+def line_id(raw: bytes, line: int) -> str | None:
+    """The request id a line has (or is given), read cheaply; None for a blank line."""
+    if line == 1 and raw.startswith(BOM):
+        raw = raw[3:]
+    if not raw.strip():
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"line-{line}"
+    rid = (
+        (obj.get("custom_id") if "custom_id" in obj else obj.get("id"))
+        if isinstance(obj, dict)
+        else None
+    )
+    return str(rid) if isinstance(rid, str | int) and rid != "" else f"line-{line}"
 
 
 def _no_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -326,9 +398,18 @@ def count_lines(path: Path) -> int:
     return n + 1
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
 class FileSource:
     """A request file (or data file) on disk: `scan()` once, then `requests()` in priority
-    order."""
+    order.
+
+    Every pass reads the one file descriptor opened first, so an atomic replace of INPUT
+    (`mv new INPUT`) does not reach this run, and an in-place change (truncated, rewritten,
+    appended: its size or mtime moves) stops it with InputError rather than sending a mix.
+    """
 
     def __init__(
         self,
@@ -348,58 +429,133 @@ class FileSource:
         self.invalid = 0
         self._prio = bytearray()
         self._levels: dict[int, int] = {}
+        self._fd: int | None = None
+        self._stamp = (0, 0)
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def open(self) -> IO[bytes]:
-        return open_input(self.path)
+        """A reader at the start of the file this source opened first (opening it once)."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+            self._stamp = _stamp(os.fstat(self._fd))
+        f = os.fdopen(os.dup(self._fd), "rb")
+        f.seek(0)
+        return f
 
-    def scan(self, done: Done | None, on_invalid: OnInvalid) -> None:
+    @contextlib.contextmanager
+    def _entries(self) -> Iterator[Iterator[tuple[int, Any]]]:
+        if getattr(self.parser, "fmt", None) == "parquet":  # read by pyarrow, from the path
+            yield self.parser.entries(self.path)
+            return
+        with self.open() as f:
+            yield self.parser.entries(f)
+
+    def check_unchanged(self) -> None:
+        """InputError if INPUT was changed in place since it was opened."""
+        if self._fd is None:
+            return
+        now = _stamp(os.fstat(self._fd))
+        if now != self._stamp:
+            what = (
+                f"its size went from {self._stamp[0]} to {now[0]} bytes"
+                if now[0] != self._stamp[0]
+                else "it was modified"
+            )
+            raise InputError(
+                f"{self.path} changed while this run was reading it ({what}); the records "
+                "written so far are kept. Put the original back and rerun the same command "
+                "to resume; to change a file under a run, write a new one and rename it over "
+                "INPUT (the running job keeps reading the old one)."
+            )
+
+    def digest(self, should_stop: ShouldStop | None = None) -> str:
+        """SHA-256 of the opened file (the resume fingerprint)."""
+        h = hashlib.sha256()
+        with self.open() as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                if should_stop is not None and should_stop():
+                    raise ScanStopped
+        self.check_unchanged()
+        return h.hexdigest()
+
+    def scan(
+        self, done: Done | None, on_invalid: OnInvalid, should_stop: ShouldStop | None = None
+    ) -> None:
         """Validate every entry not yet done; invalid ones go to `on_invalid` (once each)."""
         # Sized for the entries still to read: a resume of a mostly done file stays small.
         hint = self.parser.size_hint(self.path)
         ids = IdSet(hint - (done.count if done is not None else 0))
         prio = bytearray(1)  # indexed by line; line numbers start at 1
         parse = self.parser.parse
-        for line, raw in self.parser.entries(self.path):
-            if line > len(prio):  # a data row spanning several lines, or a blank line skipped
-                prio.extend(bytes(line - len(prio)))
-            if done is not None and line in done:
-                prio.append(0)
+        with self._entries() as entries:
+            for n, (line, raw) in enumerate(entries):
+                if should_stop is not None and n % STOP_EVERY == 0 and should_stop():
+                    raise ScanStopped
+                if line > len(prio):  # a data row spanning several lines, or a blank skipped
+                    prio.extend(bytes(line - len(prio)))
+                if done is not None and line in done:
+                    prio.append(0)
+                    self.total += 1
+                    self.done += 1
+                    # Its id still counts: a line redone later (--retry-failed) must not
+                    # reuse the id of one that is already answered.
+                    if isinstance(raw, bytes) and (rid := line_id(raw, line)) is not None:
+                        ids.add(rid)
+                    continue
+                item = parse(raw, line)
+                if item is None:
+                    prio.append(0)
+                    continue
+                if self.shard is not None and not self.shard.owns(line):
+                    # Another shard's line: only its id matters here (duplicates).
+                    if isinstance(item, Request):
+                        ids.add(item.id)
+                    prio.append(0)
+                    continue
                 self.total += 1
-                self.done += 1
-                continue
-            item = parse(raw, line)
-            if item is None:
-                prio.append(0)
-                continue
-            if self.shard is not None and not self.shard.owns(line):
-                # Another shard's line: only its id matters here (duplicates).
-                if isinstance(item, Request):
-                    ids.add(item.id)
-                prio.append(0)
-                continue
-            self.total += 1
-            if isinstance(item, Request) and not ids.add(item.id):
-                item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
-            if isinstance(item, InvalidLine):
-                prio.append(0)
-                self.invalid += 1
-                on_invalid(item)
-                continue
-            prio.append(item.priority)
-            self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
-            self.pending += 1
+                if isinstance(item, Request) and not ids.add(item.id):
+                    item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
+                if isinstance(item, InvalidLine):
+                    prio.append(0)
+                    self.invalid += 1
+                    on_invalid(item)
+                    continue
+                prio.append(item.priority)
+                self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
+                self.pending += 1
         self._prio = prio
+        self.check_unchanged()
 
     def requests(self) -> Iterator[Request]:
         """Valid, not-done requests: priority 10 first, file order within a level."""
         prio = self._prio
         parse = self.parser.parse
         for level in sorted(self._levels, reverse=True):
-            for line, raw in self.parser.entries(self.path):
-                if line < len(prio) and prio[line] == level:
-                    item = parse(raw, line, trusted=True)
-                    if isinstance(item, Request):
-                        yield item
+            self.check_unchanged()
+            with self._entries() as entries:
+                for n, (line, raw) in enumerate(entries):
+                    if n % STOP_EVERY == 0:
+                        self.check_unchanged()
+                    if line < len(prio) and prio[line] == level:
+                        item = parse(raw, line, trusted=True)
+                        if isinstance(item, Request):
+                            yield item
+            # A truncated file ends a pass early: that must not pass for the end of the job.
+            self.check_unchanged()
 
 
 class StreamSource:
@@ -446,6 +602,8 @@ class StreamSource:
                         )
                 self.total += 1
                 self.done += 1
+                if isinstance(raw, bytes) and (rid := line_id(raw, line)) is not None:
+                    ids.add(rid)
                 continue
             item = parse(raw, line)
             if item is None:
@@ -468,9 +626,9 @@ def validate_file(
     path: Path, default_model: str = "gpt-4o-mini", parser: Parser | None = None
 ) -> tuple[int, list[InvalidLine]]:
     """Every problem in a file, without calling anything: (requests, problems)."""
-    src = FileSource(path, default_model, parser)
     problems: list[InvalidLine] = []
-    src.scan(None, problems.append)
+    with FileSource(path, default_model, parser) as src:
+        src.scan(None, problems.append)
     return src.total, problems
 
 

@@ -6,7 +6,7 @@ retries would hide attempts that may be billed. burstq therefore owns retries (e
 this module only classifies: every failure becomes a `CallError` whose `type` is one of
 
     rate_limited, timeout, connection, server_error, malformed_response, empty_response,
-    bad_request, request_too_large, auth, insufficient_quota
+    bad_request, request_too_large, response_too_large, auth, insufficient_quota
 
 with `retryable`, `fatal` (stop the whole run) and `fallback` (try the next model) decided here,
 from the documented OpenAI status codes and error bodies rather than from any one server.
@@ -25,8 +25,10 @@ import orjson
 
 from ..live.limits import retry_after
 from ..models import ENDPOINT_PATHS
+from ..redact import redact, redact_cut, register
 
 USER_AGENT = "burstq/0.1"
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -50,6 +52,9 @@ class CallError(Exception):
         headers: Mapping[str, str] | None = None,
         body: Any = None,
     ) -> None:
+        # Redacted here, before anything stores, cuts or prints it: a provider or proxy may
+        # quote our Authorization header back in its error.
+        message = redact(message)
         super().__init__(message)
         self.type = type
         self.message = message
@@ -71,13 +76,20 @@ class ApiClient:
     """POSTs to an OpenAI-compatible base URL; one instance per run, one connection pool."""
 
     def __init__(
-        self, base_url: str, api_key: str | None, *, timeout: float, debug: bool = False
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float,
+        debug: bool = False,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._key = api_key or ""
+        self.max_response_bytes = max_response_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if api_key:
+            register(api_key)  # whoever builds a client, its key is hidden from then on
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
         self._debug = debug or os.environ.get("BURSTQ_DEBUG_HTTP") == "1"
@@ -99,9 +111,7 @@ class ApiClient:
 
     def redact(self, text: str) -> str:
         """Never let the key out, even if a proxy echoes our headers back in an error."""
-        if self._key and self._key in text:
-            text = text.replace(self._key, "[REDACTED]")
-        return text
+        return redact(text)
 
     async def call(self, endpoint: str, model: str, body: dict[str, Any]) -> Reply:
         assert self._session is not None, "use `async with ApiClient(...)`"
@@ -109,13 +119,13 @@ class ApiClient:
         payload = orjson.dumps({"model": model, **body})
         if self._debug:
             print(
-                f"burstq http > POST {url} Authorization: Bearer [REDACTED] {payload[:500]!r}",
+                f"burstq http > POST {url} Authorization: Bearer [REDACTED] {_dump(payload)}",
                 file=sys.stderr,
             )
         try:
             async with self._session.post(url, data=payload, timeout=self.timeout) as resp:
-                raw = await resp.read()
                 status, headers = resp.status, resp.headers
+                raw = await self._read(resp)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise CallError(
                 "timeout",
@@ -138,10 +148,32 @@ class ApiClient:
                 maybe_billed=True,
             ) from exc
         if self._debug:
-            print(f"burstq http < {status} {raw[:500]!r}", file=sys.stderr)
+            print(f"burstq http < {status} {_dump(raw)}", file=sys.stderr)
         if status == 200:
             return Reply(self._parse_ok(endpoint, raw, headers), headers)
         raise self._classify(status, raw, headers, model)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, up to --max-response-bytes: a provider (or a proxy gone wrong) cannot
+        make a run hold hundreds of megabytes per answer."""
+        cap = self.max_response_bytes
+        size = resp.content_length
+        if size is not None and size <= cap:
+            return await resp.read()  # the common case, at full speed
+        if size is None:
+            buf = bytearray()
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                if len(buf) > cap:
+                    break
+            else:
+                return bytes(buf)
+        raise CallError(
+            "response_too_large",
+            f"the answer is larger than --max-response-bytes ({cap:,} bytes); not read",
+            status_code=resp.status,
+            maybe_billed=resp.status == 200,
+        )
 
     def _parse_ok(self, endpoint: str, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         try:
@@ -163,8 +195,8 @@ class ApiClient:
                 maybe_billed=True,
             )
         if "error" in data and not data.get("choices") and not data.get("data"):
-            msg = _error_message(data, raw)
-            raise CallError("server_error", self.redact(msg), status_code=200, retryable=True)
+            msg = redact_cut(_error_message(data, raw), 500)
+            raise CallError("server_error", msg, status_code=200, retryable=True)
         if endpoint == "chat":
             try:
                 message = data["choices"][0]["message"]
@@ -212,7 +244,7 @@ class ApiClient:
         return err
 
     def _classify_status(self, status: int, raw: bytes, headers: Mapping[str, str]) -> CallError:
-        msg = self.redact(_error_message(None, raw))
+        msg = redact_cut(_error_message(None, raw), 500)
         code, etype = _error_code(raw)
         if status in (401, 403):
             return CallError("auth", msg, status_code=status, fatal=True)
@@ -262,8 +294,8 @@ def _error_message(data: dict[str, Any] | None, raw: bytes) -> str:
             return err
         if data.get("message"):
             return str(data["message"])
-    text = raw.decode("utf-8", "replace").strip()
-    return text[:500] or "(empty body)"
+    # Whole: the caller redacts before it cuts (a key across the cut would survive in part).
+    return raw.decode("utf-8", "replace").strip() or "(empty body)"
 
 
 def _error_code(raw: bytes) -> tuple[str | None, str | None]:
@@ -278,4 +310,6 @@ def _error_code(raw: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-# END
+def _dump(raw: bytes) -> str:
+    """A debug dump of a body: redacted first, then cut."""
+    return repr(redact_cut(raw.decode("utf-8", "replace"), 500))

@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FatalProviderError, UsageError
-from ..files.answers import extract_output, finish_reason
+import orjson
+
+from ..errors import FatalProviderError, OutputError
+from ..files.answers import clean_usage, extract_output, finish_reason
 from ..files.journal import Journal
 from ..files.schema import OutputProblem, Validators
 from ..models import (
@@ -34,6 +36,7 @@ from ..models import (
     now_iso,
 )
 from ..money.budget import Budget
+from ..redact import redact_cut
 from .client import ApiClient, CallError
 from .limits import Limits
 from .shared import LimiterUnavailable
@@ -53,6 +56,8 @@ class EngineConfig:
     max_rate_limited: int = 50  # 429 retries per request: they don't spend --max-retries
     # Structured answers (a response_format) are parsed and checked where they are accepted.
     validators: Validators | None = field(default_factory=Validators)
+    max_wait: float = 900.0  # a pause the provider asks for beyond this stops the run
+    silent_timeouts: int = 3  # consecutive timeouts, before any answer, that stop the run
 
 
 class _Fatal(Exception):
@@ -85,7 +90,7 @@ class Engine:
         self.listeners: list[Callable[[Result], None]] = []
         self._format = formatter or Result.record
         self._rng = rng or random.Random()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[bytes] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: StopReason | None = None
@@ -94,6 +99,8 @@ class Engine:
         self._dispatcher: asyncio.Task[None] | None = None
         self._write_error: OSError | None = None
         self._answered = False  # any 200 yet? (tells a dead endpoint from a flaky one)
+        self._heard = False  # any HTTP answer at all yet (even an error)?
+        self._silent = 0  # consecutive timeouts while nothing has answered
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -123,7 +130,9 @@ class Engine:
         await self._drain()
         self._flush()
         if self._write_error is not None:
-            raise UsageError(f"cannot write output: {self._write_error}")
+            where = self.journal.path or "stdout"
+            why = self._write_error.strerror or self._write_error
+            raise OutputError(f"cannot write {where}: {why}")
         reason: StopReason = self._stop or "done"
         error = None
         if self._fatal is not None:
@@ -188,7 +197,20 @@ class Engine:
     async def _own(self, req: Request, held: float) -> None:
         cost: float | None = None
         try:
-            result = await self._process(req)
+            try:
+                result = await self._process(req)
+            except (_Fatal, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                # Whatever went wrong is this request's failure, recorded and counted like any
+                # other; the other requests and the run go on.
+                result = self._failed(
+                    req,
+                    CallError("internal_error", f"{type(exc).__name__}: {exc}"),
+                    0,
+                    0,
+                    asyncio.get_running_loop().time(),
+                )
             cost = result.cost_usd
             self._record(result)
         except _Fatal as exc:
@@ -249,7 +271,8 @@ class Engine:
                 tally.in_flight += 1
                 try:
                     reply = await self.client.call(req.endpoint, model, req.body)
-                    output, vectors = extract_output(req.endpoint, reply.data)
+                    self._heard, self._silent = True, 0
+                    output, vectors = _extract(req.endpoint, reply.data)
                     if req.endpoint == "chat":
                         output = (output or "").strip()
                         if not output:
@@ -285,6 +308,9 @@ class Engine:
                         tally.unanswered += 1
                     if err.fatal:
                         raise _Fatal(err) from err
+                    self._check_silence(err)
+                    if err.retry_after is not None and err.retry_after > cfg.max_wait:
+                        raise _Fatal(_too_long(err, cfg.max_wait)) from err
                     if err.type == "rate_limited":
                         tally.rate_limited += 1
                         limits.on_rate_limited(err.headers, err.retry_after)
@@ -293,7 +319,10 @@ class Engine:
                             tally.retries += 1
                             continue  # the shared pause is the backoff
                     elif err.retryable and retries < cfg.max_retries:
-                        await asyncio.sleep(self._backoff(retries, err.retry_after))
+                        delay = self._backoff(retries, err.retry_after)
+                        if err.retry_after:
+                            limits.note_wait(delay, f"{err.status_code or err.type} retry-after")
+                        await asyncio.sleep(delay)
                         retries += 1
                         tally.retries += 1
                         continue
@@ -303,9 +332,7 @@ class Engine:
                     raise
                 tally.in_flight -= 1
                 self._answered = True
-                usage = (
-                    reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) else None
-                )
+                usage = clean_usage(reply.data.get("usage"))
                 limits.on_success(
                     reply.headers,
                     req.est_tokens,
@@ -359,6 +386,29 @@ class Engine:
         result.usage = usage
         result.cost_usd = cost
 
+    def _check_silence(self, err: CallError) -> None:
+        """An endpoint that takes connections and never answers: stop after a few timeouts
+        rather than try it one request at a time for ever (once it has answered, timeouts are
+        ordinary retryable failures)."""
+        if err.status_code is not None:
+            self._heard, self._silent = True, 0
+            return
+        if self._heard:
+            return
+        if err.type != "timeout":
+            self._silent = 0
+            return
+        self._silent += 1
+        if self._silent >= self.config.silent_timeouts:
+            raise _Fatal(
+                CallError(
+                    "timeout",
+                    f"no answer within --timeout ({self.client.timeout.total:g}s) from "
+                    f"{self.client.base_url} ({self._silent} attempts in a row, none answered "
+                    "yet): check --base-url, or raise --timeout",
+                )
+            )
+
     def _backoff(self, retry: int, server_hint: float | None) -> float:
         cfg = self.config
         delay = self._rng.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2**retry))
@@ -389,7 +439,8 @@ class Engine:
             line=req.line,
             status="completed",
             model=req.model,
-            model_used=str(data.get("model") or model),  # the provider's word, e.g. a snapshot
+            # The provider's word (e.g. a snapshot), and provider text: redacted like a message.
+            model_used=redact_cut(str(data.get("model") or model), 200),
             output=output,
             embedding=embedding,
             latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
@@ -429,10 +480,18 @@ class Engine:
 
     # -- output -----------------------------------------------------------------------------
     def _record(self, result: Result) -> None:
+        # Serialized here, one record at a time: a record that cannot be written (a value
+        # JSON cannot hold) becomes that request's failed record, and never takes the rest
+        # of a write batch down with it.
+        try:
+            line = orjson.dumps(self._format(result))
+        except (TypeError, ValueError) as exc:
+            result = unwritable(result, exc)
+            line = orjson.dumps(self._format(result))
         self.tally.count(result)
         for listener in self.listeners:
             listener(result)
-        self._pending.append(self._format(result))
+        self._pending.append(line)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -442,7 +501,7 @@ class Engine:
         if self._pending and self._write_error is None:
             batch, self._pending = self._pending, []
             try:
-                self.journal.write(batch)
+                self.journal.write_lines(batch)
             except OSError as exc:
                 # Disk full, closed pipe: nothing more can be recorded, so nothing more is sent.
                 self._write_error = exc
@@ -451,6 +510,56 @@ class Engine:
                     self._dispatcher.cancel()
                 for t in self._tasks:
                     t.cancel()
+
+
+def unwritable(result: Result, exc: Exception) -> Result:
+    """The failed record of a result that could not be serialized: only fields burstq made."""
+    return Result(
+        request_id=result.request_id,
+        line=result.line,
+        status="failed",
+        model=result.model,
+        attempts=result.attempts,
+        latency_ms=result.latency_ms,
+        error={
+            "type": "internal_error",
+            "message": f"the record could not be written: {exc}",
+            "status_code": None,
+        },
+        finished_at=result.finished_at,
+        unanswered_attempts=result.unanswered_attempts,
+    )
+
+
+def _extract(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
+    """extract_output, with an answer it cannot read as a (retryable) malformed response."""
+    try:
+        return extract_output(endpoint, data)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise CallError(
+            "malformed_response",
+            f"unreadable answer: {exc}",
+            status_code=200,
+            retryable=True,
+            maybe_billed=True,
+        ) from exc
+
+
+def _too_long(err: CallError, max_wait: float) -> CallError:
+    """The provider asked for a pause longer than --max-wait: stop, resumably, saying when."""
+    from datetime import UTC, datetime, timedelta
+
+    wait = err.retry_after or 0.0
+    try:
+        until = (datetime.now(UTC) + timedelta(seconds=wait)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except OverflowError:
+        until = "a date too far to print"
+    return CallError(
+        err.type,
+        f"the provider asked to wait {wait:,.0f}s (until {until}), longer than --max-wait "
+        f"({max_wait:g}s); rerun the same command after then to resume",
+        status_code=err.status_code,
+    )
 
 
 async def aiter_items(

@@ -14,6 +14,7 @@ pauses the whole run for the server's retry-after and lowers the pace, which the
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +32,16 @@ HEADER_MARGIN = 0.97  # settle this far under a ceiling learned from headers
 BACKOFF_FACTOR = 0.85  # pace multiplier after a 429
 MIN_FRACTION = 0.1  # never slow below this fraction of the ceiling
 INITIAL_WINDOW = 10  # in flight after the first success at an unknown ceiling (TCP's IW10)
+MAX_HINT = 7 * 86400.0  # a header asking for more (or inf) says "a week": --max-wait decides
+RATE_BACKOFF_MAX = 60.0  # cap of the exponential pause after 429s that say nothing
+
+
+def _seconds(x: float) -> float | None:
+    """A server's wait as seconds we can sleep: nan is no hint, the rest clamped to 0..MAX."""
+    if math.isnan(x):
+        return None
+    return min(MAX_HINT, max(0.0, x))
+
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -41,14 +52,14 @@ def parse_duration(text: str | None) -> float | None:
         return None
     text = text.strip()
     try:
-        return max(0.0, float(text))
+        return _seconds(float(text))
     except ValueError:
         pass
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
+    return _seconds(sum(float(n) * scale[u] for n, u in parts))
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -56,21 +67,22 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            if (wait := _seconds(float(ms) / 1000)) is not None:
+                return wait
         except ValueError:
             pass
     sec = headers.get("retry-after")
     if sec:
         try:
-            return max(0.0, float(sec))
+            return _seconds(float(sec))
         except ValueError:
             from email.utils import parsedate_to_datetime  # HTTP-date form, rare
 
             try:
                 from datetime import UTC, datetime
 
-                return max(0.0, (parsedate_to_datetime(sec) - datetime.now(UTC)).total_seconds())
-            except (TypeError, ValueError):
+                return _seconds((parsedate_to_datetime(sec) - datetime.now(UTC)).total_seconds())
+            except (TypeError, ValueError, OverflowError):
                 return None
     return None
 
@@ -176,6 +188,7 @@ class LimitsSnapshot:
     rate_limited: int
     paused_for: float
     limiter: str | None = None  # shared limiter state ("shared", or why nothing is sent)
+    pause_reason: str | None = None  # why the run (or a request) waits, while it does
 
 
 class Limits:
@@ -192,8 +205,14 @@ class Limits:
         slow_start: bool = True,
         concurrency_given: bool = False,
         shared: SharedPacer | None = None,
+        backoff_base: float = 0.5,
     ) -> None:
         self.max_concurrency = max(1, concurrency)
+        self.backoff_base = backoff_base
+        self.pause_reason: str | None = None
+        self._streak = 0  # 429 events in a row that named no wait
+        self._shown_until = 0.0  # a long per-request wait, for the status line
+        self._shown_reason: str | None = None
         self.user_rpm, self.user_tpm = rpm, tpm
         self.rpm_ceiling, self.tpm_ceiling = rpm, tpm
         self._clock, self._sleep = clock, sleep
@@ -273,6 +292,7 @@ class Limits:
             self.shared.learn(*header_limits(headers))
         else:
             self._learn(headers)
+        self._streak = 0
         if not self._opened:
             self._opened = True
             full = self._open_fully or self.max_concurrency <= INITIAL_WINDOW
@@ -291,12 +311,21 @@ class Limits:
         """A 429 rate_limit_exceeded: pause everyone, then go on at a lower pace."""
         self.rate_limited += 1
         now = self._clock()
+        # 429s answered while a pause is on belong to the same congestion event (they were
+        # all in flight together): slow down once per event, not once per 429.
+        fresh = now >= self.paused_until
+        if wait is not None:
+            pause, self.pause_reason = wait, "429 retry-after"
+        else:
+            # Nothing said how long: back off exponentially, up to a cap, as the 429s go on.
+            if fresh:
+                self._streak += 1
+            pause = min(RATE_BACKOFF_MAX, max(0.05, self.backoff_base) * 2 ** (self._streak - 1))
+            self.pause_reason = "429 backoff"
+        self.paused_until = max(self.paused_until, now + pause)
         if self.shared is not None:
             # This process stops at once; the others as soon as their next booking returns
             # (Redis slows the shared pace once per congestion event, as below).
-            pause = wait if wait is not None else 1.0
-            fresh = now >= self.paused_until
-            self.paused_until = max(self.paused_until, now + pause)
             self.shared.learn(*header_limits(headers))
             self.shared.rate_limited(pause)
             if fresh and not self._told:
@@ -304,11 +333,6 @@ class Limits:
                 self.gate.set_limit(int(self._cwnd))
             return
         self._learn(headers)
-        # 429s answered while a pause is on belong to the same congestion event (they were
-        # all in flight together): slow down once per event, not once per 429.
-        fresh = now >= self.paused_until
-        pause = wait if wait is not None else 1.0
-        self.paused_until = max(self.paused_until, now + pause)
         for pacer, ceiling in ((self.requests, self.rpm_ceiling), (self.tokens, self.tpm_ceiling)):
             if fresh and pacer.rate and ceiling:
                 pacer.rate = max(ceiling / 60 * MIN_FRACTION, pacer.rate * BACKOFF_FACTOR)
@@ -352,6 +376,13 @@ class Limits:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     pacer.hold_until(self._clock() + reset)
+                    self.note_wait(reset, f"{kind} quota used up (x-ratelimit-reset)")
+
+    def note_wait(self, seconds: float, reason: str) -> None:
+        """Show a wait that is not the run-wide pause (a 503's retry-after, a quota reset)."""
+        until = self._clock() + seconds
+        if until > self._shown_until:
+            self._shown_until, self._shown_reason = until, reason
 
     def snapshot(self) -> LimitsSnapshot:
         now = self._clock()
@@ -367,7 +398,12 @@ class Limits:
                 rate_limited=self.rate_limited,
                 paused_for=max(0.0, max(self.paused_until, sh.paused_until) - now),
                 limiter=sh.status,
+                pause_reason=self.pause_reason if now < self.paused_until else "shared limiter",
             )
+        paused_for = max(0.0, self.paused_until - now)
+        reason = self.pause_reason if paused_for > 0 else None
+        if self._shown_until - now > paused_for:
+            paused_for, reason = self._shown_until - now, self._shown_reason
         return LimitsSnapshot(
             concurrency=self.gate.limit,
             in_flight=self.gate.active,
@@ -376,5 +412,6 @@ class Limits:
             rpm_ceiling=self.rpm_ceiling,
             tpm_ceiling=self.tpm_ceiling,
             rate_limited=self.rate_limited,
-            paused_for=max(0.0, self.paused_until - now),
+            paused_for=paused_for,
+            pause_reason=reason,
         )

@@ -9,12 +9,13 @@ completions stop well before their limit. Duration is bounded below by each ceil
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..files.reader import FileSource, Parser
-from ..models import MESSAGE_OVERHEAD_TOKENS, InvalidLine
+from ..models import MESSAGE_OVERHEAD_TOKENS, InvalidLine, Request
 from ..money.pricing import ModelPrice, PriceBook, worst_case_cost
 
 
@@ -47,7 +48,7 @@ def estimate(
     invalid: list[InvalidLine] = []
     src.scan(None, invalid.append)
     per: dict[str, _ModelTotals] = {}
-    for req in src.requests():
+    for req in _closing(src):
         t = per.setdefault(req.model, _ModelTotals())
         t.requests += 1
         t.endpoints.add(req.endpoint)
@@ -121,3 +122,11 @@ def estimate(
 def _cost(price: ModelPrice, prompt: int, completion: int, batch: bool) -> float:
     # The typical case: every prompt token at the uncached rate, typical completion length.
     return worst_case_cost(price, prompt, completion, batch=batch)
+
+
+def _closing(src: FileSource) -> Iterator[Request]:
+    """The source's requests, closing its file once they are read."""
+    try:
+        yield from src.requests()
+    finally:
+        src.close()

@@ -54,7 +54,17 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
         parts.append(f"{tally.rate_limited} 429s")
     if snap.limiter:
         parts.append(f"limiter {snap.limiter}")
+    if (pause := pause_text(snap)) is not None:
+        parts.append(pause)
     return " | ".join(parts)
+
+
+def pause_text(snap: LimitsSnapshot) -> str | None:
+    """'paused: 429 retry-after, until 14:03:27 (1m40s)' while a pause is on, else None."""
+    if snap.paused_for < 0.5:
+        return None
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + snap.paused_for))
+    return f"paused: {snap.pause_reason or 'waiting'}, until {until} ({_duration(snap.paused_for)})"
 
 
 def _duration(s: float) -> str:
@@ -147,6 +157,8 @@ class Reporter:
                 info += f" [yellow]429s {t.rate_limited}[/]"
             if snap.limiter and snap.limiter != "shared":
                 info += f" [red]limiter {snap.limiter}[/]"
+            if (pause := pause_text(snap)) is not None:
+                info += f" [yellow]{pause}[/]"
             self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
         elif self.mode == "plain":
             print(status_line(self.tally, snap, elapsed), file=self.stream, flush=True)
