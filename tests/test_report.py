@@ -281,7 +281,7 @@ def test_log_histogram_percentiles_within_one_percent_of_exact() -> None:
     rng = random.Random(5)
     for n in (1, 2, 99, 100, 1000, 5000):
         values = [rng.lognormvariate(6, 1.5) for _ in range(n)] + [0.0] * (n // 50)
-        h = rp.LogHistogram(rp.LATENCY_RATIO)
+        h = rp.LogHistogram()
         for v in values:
             h.add(v)
         values.sort()

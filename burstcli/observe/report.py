@@ -11,7 +11,7 @@ must not. Here each record is folded into fixed-size structures as it is read an
   two of seconds. When the records span more bins than that, the width doubles and neighbours
   merge (bin i becomes i // 2), so shards read one after another, in any order, land in the
   same bins they would have in one file. Each time bin keeps counts, error types, tokens, cost
-  and a coarse latency histogram (10 % bins) for p50/p90/p99 over time.
+  and a coarse latency histogram (bins 10.5 % apart) for p50/p90/p99 over time.
 * models, endpoints and error types are counted by name, at most `MAX_GROUPS` /
   `MAX_ERROR_TYPES` names each (the rest under "(other)"), so a hand-edited file with a new
   name on every line cannot grow memory either.
@@ -46,7 +46,7 @@ from .stats import (
 )
 
 LATENCY_RATIO = 1.01
-BIN_LATENCY_RATIO = 1.1
+COARSE = 10  # per-time-bin latency histograms: 10 fine bins each, 1.01**10 = 10.5 % apart
 MAX_TIME_BINS = 120
 # What the charts get: at most DISPLAY_BINS intervals, and intervals under a second only while
 # that still leaves more than 2 * MIN_DISPLAY_BINS of them (a few records per interval drawn
@@ -64,22 +64,40 @@ PERCENTILES = (50, 90, 99)
 _FLOOR_MS = 1e-3  # latencies at or below this share the lowest bin (cached answers: ~0)
 
 
+_INV_LOG = 1 / math.log(LATENCY_RATIO)
+
+
+def fine_index(value: float) -> int:
+    """The bin of `value` in the LATENCY_RATIO histogram (computed once per record)."""
+    return math.floor(math.log(value if value > _FLOOR_MS else _FLOOR_MS) * _INV_LOG)
+
+
 class LogHistogram:
-    """Counts of positive values in bins `ratio` apart, each bin with its largest value."""
+    """Counts of positive values in log bins, each bin with its largest value.
 
-    __slots__ = ("_log", "counts", "maxes", "n", "total")
+    Bin i holds LATENCY_RATIO**i <= v < LATENCY_RATIO**(i+1) (`fine_index`); a coarse
+    histogram files its values under fine_index // COARSE, bins COARSE fine bins wide.
+    """
 
-    def __init__(self, ratio: float) -> None:
-        self._log = math.log(ratio)
+    __slots__ = ("counts", "maxes", "n", "total")
+
+    def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self.maxes: dict[int, float] = {}
         self.n = 0
         self.total = 0.0
 
     def add(self, value: float) -> None:
-        i = math.floor(math.log(max(value, _FLOOR_MS)) / self._log)
-        self.counts[i] = self.counts.get(i, 0) + 1
-        if value > self.maxes.get(i, -math.inf):
+        self.add_at(fine_index(value), value)
+
+    def add_at(self, i: int, value: float) -> None:
+        counts = self.counts
+        if i in counts:
+            counts[i] += 1
+            if value > self.maxes[i]:
+                self.maxes[i] = value
+        else:
+            counts[i] = 1
             self.maxes[i] = value
         self.n += 1
         self.total += value
@@ -130,7 +148,7 @@ class _Bin:
     tokens: int = 0
     cost: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
-    latency: LogHistogram = field(default_factory=lambda: LogHistogram(BIN_LATENCY_RATIO))
+    latency: LogHistogram = field(default_factory=LogHistogram)
 
     def merge(self, o: _Bin) -> None:
         self.completed += o.completed
@@ -215,7 +233,7 @@ class _Group:
     cost: float = 0.0
     priced: int = 0
     unpriced: int = 0
-    latency: LogHistogram = field(default_factory=lambda: LogHistogram(LATENCY_RATIO))
+    latency: LogHistogram = field(default_factory=LogHistogram)
 
     def out(self) -> dict[str, Any]:
         p50, p90, p99 = self.latency.percentiles(PERCENTILES)
@@ -250,7 +268,7 @@ class Aggregate:
     def __init__(self, max_time_bins: int = MAX_TIME_BINS) -> None:
         self.records = 0
         self.status: dict[str, int] = {"completed": 0, "failed": 0}
-        self.latency = LogHistogram(LATENCY_RATIO)
+        self.latency = LogHistogram()
         self.buckets = [0] * (len(HISTOGRAM_BOUNDS_MS) + 1)
         self.attempts_total = self.retries = self.unanswered = 0
         self.attempts: dict[int, int] = {}
@@ -277,28 +295,42 @@ class Aggregate:
         cached = rec.get("cached") is True
         self.cached += cached
 
-        attempts = as_int(rec.get("attempts"))
+        # `type(x) is int` first: the common case costs one check, odd values go the slow way.
+        a = rec.get("attempts")
+        attempts = a if type(a) is int else as_int(a)
         retries = max(0, attempts - 1)
         self.attempts_total += attempts
         self.retries += retries
         key = min(max(attempts, 0), MAX_ATTEMPTS_BAR)
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        self.unanswered += as_int(rec.get("unanswered_attempts"))
+        lost = rec.get("unanswered_attempts")
+        if lost is not None:
+            self.unanswered += as_int(lost)
 
         usage = rec.get("usage")
         if not isinstance(usage, dict):
             usage = {}
-        p, c = as_int(usage.get("prompt_tokens")), as_int(usage.get("completion_tokens"))
-        t = p + c if usage.get("total_tokens") is None else as_int(usage.get("total_tokens"))
+        p, c, t = (
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            usage.get("total_tokens"),
+        )
+        p = p if type(p) is int else as_int(p)
+        c = c if type(c) is int else as_int(c)
+        t = p + c if t is None else t if type(t) is int else as_int(t)
         self.prompt, self.completion, self.tokens = (
             self.prompt + p,
             self.completion + c,
             self.tokens + t,
         )
-        cost = as_num(rec.get("cost_usd"))
+        cost = rec.get("cost_usd")
+        cost = cost if type(cost) is float and math.isfinite(cost) else as_num(cost)
         if cost is None:
             self.null_cost += 1
-        latency = as_num(rec.get("latency_ms")) if st == "completed" else None
+        latency = rec.get("latency_ms") if st == "completed" else None
+        if latency is not None and not (type(latency) is float and math.isfinite(latency)):
+            latency = as_num(latency)
+        li = fine_index(latency) if latency is not None else 0
         for g in groups:
             g.count += 1
             g.cached += cached
@@ -312,7 +344,7 @@ class Aggregate:
                 else:
                     g.priced += 1
                 if latency is not None:
-                    g.latency.add(latency)
+                    g.latency.add_at(li, latency)
             elif st == "failed":
                 g.failed += 1
         etype = None
@@ -323,7 +355,7 @@ class Aggregate:
                 etype = OTHER
             self.errors[etype] = self.errors.get(etype, 0) + 1
         if latency is not None:
-            self.latency.add(latency)
+            self.latency.add_at(li, latency)
             self.buckets[bisect.bisect_left(HISTOGRAM_BOUNDS_MS, latency)] += 1
 
         raw = rec.get("finished_at")
@@ -349,7 +381,7 @@ class Aggregate:
         if etype is not None:
             b.errors[etype] = b.errors.get(etype, 0) + 1
         if latency is not None:
-            b.latency.add(latency)
+            b.latency.add_at(li // COARSE, latency)
 
     def figures(self) -> dict[str, Any]:
         st = self.status

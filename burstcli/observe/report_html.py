@@ -266,7 +266,7 @@ def _latency_time(pygal: Any, fig: dict[str, Any], labels: list[str], page: _Pag
     return page.figure(
         "latency-time",
         chart,
-        "Per interval, from a histogram with bins 10 % apart; gaps: no completed request.",
+        "Per interval, from a histogram with bins 10.5 % apart; gaps: no completed request.",
     )
 
 
