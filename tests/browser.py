@@ -194,3 +194,24 @@ async def inspect_page(
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.readline():
         pass
+
+
+def main() -> None:
+    """`python -m tests.browser PAGE.html SHOT.png [WIDTH]`: a full-page screenshot, and
+    exit 1 if the page logged an error (docs/report-screenshot.sh uses it)."""
+    import sys
+
+    page, shot = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    width = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+    chromium = find_chromium()
+    if chromium is None:
+        sys.exit("no chromium on PATH (Debian: apt-get install chromium)")
+    seen = asyncio.run(inspect_page(page.as_uri(), shot, chromium=chromium, width=width))
+    print(f"{shot}: {len(seen.charts)} charts, {shot.stat().st_size / 1024:,.0f} KB")
+    for e in seen.console_errors:
+        print(e, file=sys.stderr)
+    sys.exit(1 if seen.console_errors else 0)
+
+
+if __name__ == "__main__":
+    main()

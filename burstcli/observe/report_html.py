@@ -141,6 +141,7 @@ def _chart(pygal: Any, kind: str, colors: tuple[str, ...], **config: Any) -> Any
         "style": _style(pygal, colors),
         "margin": 12,
         "margin_bottom": 26,
+        "max_scale": 8,  # value-axis ticks: few enough that "$0.000140" labels never collide
     }
     base.update(config)
     return getattr(pygal, kind)(**base)
@@ -256,6 +257,7 @@ def _latency_time(pygal: Any, fig: dict[str, Any], labels: list[str], page: _Pag
         title="Latency over time (completed requests)",
         x_labels=labels,
         logarithmic=True,
+        y_labels=_log_ticks([v for b in bins for v in b["latency_ms"].values() if v]),
         allow_interruptions=True,
         y_title="ms (log scale)",
         show_dots=len(bins) < 40,
@@ -268,6 +270,18 @@ def _latency_time(pygal: Any, fig: dict[str, Any], labels: list[str], page: _Pag
         chart,
         "Per interval, from a histogram with bins 10.5 % apart; gaps: no completed request.",
     )
+
+
+def _log_ticks(values: list[float]) -> list[float]:
+    """1-2-5 ticks covering `values` (pygal's own log ticks crowd at each decade's top)."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    ticks = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0**exp for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 2 <= t <= hi * 2]
+    return inside or ticks
 
 
 def _errors_time(pygal: Any, fig: dict[str, Any], labels: list[str], page: _Page) -> str:
