@@ -10,6 +10,7 @@ here; the page is checked for self-containment, and, where Chromium exists, in a
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
 import subprocess
@@ -31,7 +32,11 @@ from burstcli.observe.statsmd import escape, render_markdown
 from .browser import find_chromium, inspect_page
 from .conftest import TEST_KEY, read_jsonl, run_cli, write_jsonl
 
-pytest.importorskip("pygal", reason="the report extra (pip install 'burstq[report]')")
+# Not importorskip: importing pygal at collection would change sys.meta_path for the session.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pygal") is None,
+    reason="the report extra is not installed (pip install 'burstq[report]')",
+)
 
 CHARTS = {
     "chart-throughput",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,10 @@ def _pygal() -> Any:
             "burstq report draws its charts with pygal, which is not installed: "
             "pip install 'burstq[report]'"
         ) from exc
+    # Importing pygal appends a legacy finder for its map plugins (unused here) to
+    # sys.meta_path; it has no find_spec, so every later failed import in the process would
+    # raise an ImportWarning through it. Take it out again.
+    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("pygal")]
     return pygal
 
 
