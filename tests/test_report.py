@@ -116,6 +116,10 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
             )  # fmt: skip
             assert res.returncode == 1, res.stderr  # some failed for good, as intended
             outs.append(out)
+        seen = srv.stats()
+        # The charts have something to show: the server really answered 429s and faults.
+        assert seen["by_status"].get(429, seen["by_status"].get("429", 0)) > 0, seen["by_status"]
+        assert sum(seen["faults_injected"].values()) > 5, seen["faults_injected"]
     finally:
         srv.close()
     yield outs
@@ -204,14 +208,15 @@ def test_report_command_writes_one_offline_page(shards: list[Path], tmp_path: Pa
 def test_report_reads_an_output_still_being_written(tmp_path: Path) -> None:
     srv = ThreadedMockServer(MockConfig(latency=0.01, rpm=600, seed=3)).start()
     try:
-        inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "input": "x"} for i in range(25)])
+        rows = [{"id": f"r{i}", "input": "x"} for i in range(100)]
+        inp = write_jsonl(tmp_path / "in.jsonl", rows)
         out = tmp_path / "out.jsonl"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "BURSTQ_"))}
         run = subprocess.Popen(
             [
                 sys.executable, "-m", "burstcli.cli", "run", str(inp), "-o", str(out),
                 "--base-url", srv.base_url, "--api-key", TEST_KEY, "--progress", "quiet",
-                "--rpm", "600",
+                "--rpm", "600", "--grace", "0.2",
             ],
             env=env,
         )  # fmt: skip
@@ -221,18 +226,21 @@ def test_report_reads_an_output_still_being_written(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             page = tmp_path / "live.html"
-            res = _cli(["report", str(out), "-o", str(page)])
-            assert run.poll() is None, "the run should still be going (25 requests at 10/s)"
+            res = _in(["report", str(out), "-o", str(page)])
+            assert run.poll() is None, "the run should still be going (100 requests at 10/s)"
             assert res.returncode == 0, res.stderr
             assert page.read_text().startswith(MARKER)
         finally:
-            assert run.wait(timeout=60) == 0
+            run.terminate()  # done looking: stop the run (it is resumable) rather than wait
+            assert run.wait(timeout=60) == 143
     finally:
         srv.close()
+    written = out.read_bytes().count(b"\n")
+    assert 5 <= written < 100
     # Torn last line (a reader racing a write, or a hard kill): skipped, not counted.
     with out.open("ab") as f:
         f.write(b'{"request_id": "r99", "status": "comp')
-    assert rp.build([out])["records"] == 25
+    assert rp.build([out])["records"] == written
 
 
 def _rec(i: int, **extra: Any) -> dict[str, Any]:
@@ -401,3 +409,17 @@ def test_report_renders_in_headless_chromium(shards: list[Path], tmp_path: Path)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 50_000
     print(f"screenshot: {shot}")
     assert read_jsonl(shards[0])  # the outputs are untouched by reading them
+
+
+def test_empty_and_odd_outputs_still_give_a_page(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    odd = tmp_path / "odd.jsonl"  # foreign or hand-edited records: nothing to chart over time
+    odd.write_bytes(b'{"status": "completed"}\n{"status": "failed", "finished_at": "bad"}\n[1]\n')
+    for path, records in ((empty, 0), (odd, 2)):
+        res = _in(["report", str(path), "-o", "-"])
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(MARKER) and "<script" not in res.stdout
+        fig = rp.build([path])
+        assert fig["records"] == records and fig["timeline"]["bins"] == []
+    assert "No completed request with a latency." in _in(["report", str(odd), "-o", "-"]).stdout
