@@ -33,7 +33,7 @@ class Sizes:
     memory_fresh: bool  # also a fresh run of the big input, every request sent
     startup_repeat: int
     resume_lines: int  # scenario 6: lines, 90 % of them done
-    report_records: int  # scenario 8: records in the output `burstq report` reads
+    report_records: int  # scenario 9: records in the output `burstq report` reads
 
 
 FULL = Sizes(
@@ -521,7 +521,7 @@ def resume(ctx: Context) -> None:
     )
 
 
-# -- 8. report ----------------------------------------------------------------------------------
+# -- 9. report ----------------------------------------------------------------------------------
 
 REPORT_SMALL = 10_000
 
@@ -540,15 +540,15 @@ def report(ctx: Context) -> None:
         html.unlink(missing_ok=True)
         run = h.run_child([*h.burstq_cmd(), "report", str(path), "-o", str(html)])
         if run.returncode != 0 or not html.exists():
-            raise BenchError(f"scenario 8: burstq report exited {run.returncode}: {h.tail(run)}")
+            raise BenchError(f"scenario 9: burstq report exited {run.returncode}: {h.tail(run)}")
         runs[name] = (run, html.stat().st_size)
     stats = h.run_child([*h.burstq_cmd(), "stats", str(big), "--json"])
     if stats.returncode != 0 or orjson.loads(stats.stdout)["records"] != n:
-        raise BenchError(f"scenario 8: burstq stats exited {stats.returncode}: {h.tail(stats)}")
+        raise BenchError(f"scenario 9: burstq stats exited {stats.returncode}: {h.tail(stats)}")
     run, size = runs["big"]
     ctx.add(
         Figure(
-            "8 report",
+            "9 report",
             f"burstq report, {n:,} records: wall time",
             run.wall,
             "s",
@@ -564,7 +564,7 @@ def report(ctx: Context) -> None:
     small_run = runs["small"][0]
     ctx.add(
         Figure(
-            "8 report",
+            "9 report",
             f"burstq report, {n:,} records: peak RSS",
             run.maxrss_mb,
             "MB",
