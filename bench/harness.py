@@ -295,6 +295,51 @@ def write_done_output(inp: Path, out: Path, n_done: int) -> None:
     write_sidecar(out, fingerprint)
 
 
+_REPORT_ERRORS = ("server_error", "timeout", "rate_limit_exceeded", "malformed_response")
+_REPORT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+
+
+def write_records(path: Path, n: int, seconds: float = 3600.0) -> Path:
+    """n output records of burstq's shape spread over `seconds` of run: 3 models, 2 endpoints,
+    ~4 % failures of 4 types, retries, a latency spread over three orders of magnitude."""
+    import random
+
+    rng = random.Random(7)
+    t0 = 1_795_000_000.0  # 2026-11-18: any fixed instant
+    chunk = 50_000
+    with path.open("wb") as f:
+        for start in range(0, n, chunk):
+            lines = []
+            for i in range(start, min(n, start + chunk)):
+                t = t0 + seconds * i / n
+                stamp = (
+                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+                    + f".{int(t % 1 * 1000):03d}Z"
+                )
+                model = _REPORT_MODELS[i % 3]
+                attempts = 1 + (rng.random() < 0.1) + (rng.random() < 0.03)
+                if rng.random() < 0.04:
+                    err = _REPORT_ERRORS[i % 4]
+                    lines.append(
+                        f'{{"request_id":"r{i}","line":{i + 1},"status":"failed","output":null,'
+                        f'"model":"{model}","model_used":null,"latency_ms":null,'
+                        f'"attempts":{attempts + 2},"usage":null,"tokens_used":0,"cost_usd":null,'
+                        f'"error":{{"type":"{err}","message":"x","status_code":500}},'
+                        f'"metadata":null,"endpoint":"ep-{i % 2}","finished_at":"{stamp}"}}\n'
+                    )
+                    continue
+                latency = rng.lognormvariate(6.3, 0.8)
+                lines.append(
+                    f'{{"request_id":"r{i}","line":{i + 1},"status":"completed","output":"ok",'
+                    f'"model":"{model}","model_used":"{model}","latency_ms":{latency:.1f},'
+                    f'"attempts":{attempts},"usage":{{"prompt_tokens":12,"completion_tokens":5,'
+                    f'"total_tokens":17}},"tokens_used":17,"cost_usd":2.7e-06,"error":null,'
+                    f'"metadata":null,"endpoint":"ep-{i % 2}","finished_at":"{stamp}"}}\n'
+                )
+            f.write("".join(lines).encode())
+    return path
+
+
 def count_records(path: Path) -> tuple[int, int]:
     """(records, completed) in an output file."""
     n = ok = 0

@@ -33,6 +33,7 @@ class Sizes:
     memory_fresh: bool  # also a fresh run of the big input, every request sent
     startup_repeat: int
     resume_lines: int  # scenario 6: lines, 90 % of them done
+    report_records: int  # scenario 9: records in the output `burstq report` reads
 
 
 FULL = Sizes(
@@ -49,6 +50,7 @@ FULL = Sizes(
     memory_fresh=True,
     startup_repeat=9,
     resume_lines=1_000_000,
+    report_records=1_000_000,
 )
 QUICK = Sizes(
     rpm=6000,
@@ -64,6 +66,7 @@ QUICK = Sizes(
     memory_fresh=True,
     startup_repeat=5,
     resume_lines=100_000,
+    report_records=100_000,
 )
 
 
@@ -514,6 +517,63 @@ def resume(ctx: Context) -> None:
                 "sent": st["requests_total"],
                 "read_pass": read.stdout.decode().strip(),
             },
+        )
+    )
+
+
+# -- 9. report ----------------------------------------------------------------------------------
+
+REPORT_SMALL = 10_000
+
+
+def report(ctx: Context) -> None:
+    """`burstq report` over a big synthetic output: time against `burstq stats --json` on the
+    same file (the exact figures, every latency kept), peak RSS against a report of 10,000
+    records (the aggregation streams, so memory should not grow with the records)."""
+    n = ctx.sizes.report_records
+    big = h.write_records(ctx.workdir / f"records-{n}.jsonl", n)
+    small = h.write_records(ctx.workdir / f"records-{REPORT_SMALL}.jsonl", REPORT_SMALL)
+    ctx.log(f"{n:,} synthetic records ({big.stat().st_size / 1e6:.0f} MB), one hour of run")
+    runs = {}
+    for name, path in (("big", big), ("small", small)):
+        html = ctx.workdir / f"report-{name}.html"
+        html.unlink(missing_ok=True)
+        run = h.run_child([*h.burstq_cmd(), "report", str(path), "-o", str(html)])
+        if run.returncode != 0 or not html.exists():
+            raise BenchError(f"scenario 9: burstq report exited {run.returncode}: {h.tail(run)}")
+        runs[name] = (run, html.stat().st_size)
+    stats = h.run_child([*h.burstq_cmd(), "stats", str(big), "--json"])
+    if stats.returncode != 0 or orjson.loads(stats.stdout)["records"] != n:
+        raise BenchError(f"scenario 9: burstq stats exited {stats.returncode}: {h.tail(stats)}")
+    run, size = runs["big"]
+    ctx.add(
+        Figure(
+            "9 report",
+            f"burstq report, {n:,} records: wall time",
+            run.wall,
+            "s",
+            "burstq stats --json, same file",
+            stats.wall,
+            "-",
+            None,
+            f"{n / run.wall:,.0f} records/s; page {size / 1024:,.0f} KB; stats peak RSS "
+            f"{stats.maxrss_mb:.0f} MB",
+            {"cpu_s": run.cpu, "page_bytes": size, "stats_maxrss_mb": stats.maxrss_mb},
+        )
+    )
+    small_run = runs["small"][0]
+    ctx.add(
+        Figure(
+            "9 report",
+            f"burstq report, {n:,} records: peak RSS",
+            run.maxrss_mb,
+            "MB",
+            f"report of {REPORT_SMALL:,} records",
+            small_run.maxrss_mb,
+            "<= 120 % of baseline",
+            run.maxrss_mb <= 1.2 * small_run.maxrss_mb,
+            "flat memory: aggregated while streaming",
+            {"small_wall_s": small_run.wall},
         )
     )
 

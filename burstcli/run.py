@@ -226,6 +226,9 @@ async def _live(
     out_path = None if cfg.output == "-" else Path(cfg.output)
     in_path = None if cfg.input == "-" else Path(cfg.input)
     fingerprint: dict[str, Any] = {"input": cfg.input, "shaping": shaping(cfg)}
+    # Not part of the resume check (limits may change between runs): the last run's ceilings,
+    # which `burstq report` draws against the throughput.
+    fingerprint["limits"] = {"rpm": cfg.rpm, "tpm": cfg.tpm}
     if src is not None:
         fingerprint["input_sha256"] = await asyncio.to_thread(src.digest, stop.stopped)
     if not regular:

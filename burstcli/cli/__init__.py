@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from . import (  # noqa: F401 - registers the commands
     batch,
-    export,  # noqa: F401 - registers the commands
+    export,
     inspect,
     limiter,
     merge,
     mock,
+    report,
     run,
 )
 from .app import app

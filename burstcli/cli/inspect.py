@@ -221,8 +221,17 @@ def stats(
         ),
     ],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the figures as JSON on stdout.")
+        bool, typer.Option("--json", help="Print the figures as JSON on stdout (= --format json).")
     ] = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            envvar=_env("stats_format"),
+            help="table (rich tables on stderr), json or markdown (GitHub-flavoured, on "
+            "stdout: for $GITHUB_STEP_SUMMARY). Default: table, or json with --json.",
+        ),
+    ] = None,
 ) -> None:
     """Latency, tokens, cost, errors and throughput of one or more output files.
 
@@ -231,15 +240,31 @@ def stats(
         burstq stats responses.jsonl
 
         burstq stats day1.jsonl day2.jsonl --json | jq .latency_ms
+
+        burstq stats responses.jsonl --format markdown >> "$GITHUB_STEP_SUMMARY"
     """
     import orjson
 
     from ..observe.stats import compute
-    from ..observe.statsview import render
 
+    if fmt is not None and fmt not in STATS_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(STATS_FORMATS)}, not {fmt!r}")
+    if as_json and fmt not in (None, "json"):
+        raise UsageError(f"--json and --format {fmt} disagree: give one of them")
+    fmt = fmt or ("json" if as_json else "table")
     figures = compute(output)
-    if as_json:
+    if fmt == "json":
         sys.stdout.buffer.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
+    elif fmt == "markdown":
+        from ..observe.statsmd import render_markdown
+
+        sys.stdout.write(render_markdown(figures))
+        sys.stdout.flush()
     else:
+        from ..observe.statsview import render
+
         render(figures, console())
+
+
+STATS_FORMATS = ("table", "json", "markdown")

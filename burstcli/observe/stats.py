@@ -333,3 +333,12 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             times, first[0] if first else None, wall, first[1] if first else None
         ),
     }
+
+
+# Public names for the record-reading helpers above, so observe/report.py reads records and
+# their fields exactly as `stats` does (aliases: the private names stay for existing callers).
+read_records = _read
+as_int = _int
+as_num = _num
+parse_timestamp = _timestamp
+cost_or_null = _cost_or_null
