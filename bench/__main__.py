@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from . import harness as h
-from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure
+from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure, endpoints
 from .scenarios import report as report_scenario
 from .shared import shared
 
 SCENARIOS["shared"] = shared  # 7: the Redis limiter shared by several processes
 SCENARIOS["report"] = report_scenario  # 9 (after labeling, shared): report of 1M records
+SCENARIOS["endpoints"] = endpoints  # 10: two endpoints against the sum of their ceilings
 ALIASES = {str(i): name for i, name in enumerate(SCENARIOS, start=1)}
 
 

@@ -34,6 +34,8 @@ class Sizes:
     startup_repeat: int
     resume_lines: int  # scenario 6: lines, 90 % of them done
     report_records: int  # scenario 9: records in the output `burstq report` reads
+    endpoints_rpm: tuple[int, int]  # scenario 10: two endpoints' ceilings (told in the file)
+    endpoints_requests: int
 
 
 FULL = Sizes(
@@ -51,6 +53,8 @@ FULL = Sizes(
     startup_repeat=9,
     resume_lines=1_000_000,
     report_records=1_000_000,
+    endpoints_rpm=(6000, 3000),
+    endpoints_requests=9000,
 )
 QUICK = Sizes(
     rpm=6000,
@@ -67,6 +71,8 @@ QUICK = Sizes(
     startup_repeat=5,
     resume_lines=100_000,
     report_records=100_000,
+    endpoints_rpm=(6000, 3000),
+    endpoints_requests=1500,
 )
 
 
@@ -574,6 +580,73 @@ def report(ctx: Context) -> None:
             run.maxrss_mb <= 1.2 * small_run.maxrss_mb,
             "flat memory: aggregated while streaming",
             {"small_wall_s": small_run.wall},
+        )
+    )
+
+
+# -- 10. several endpoints --------------------------------------------------------------------
+
+
+def endpoints(ctx: Context) -> None:
+    """Two mock servers with known ceilings R1, R2, told in an --endpoints file: the run's
+    achieved rate against R1 + R2, and the 429s (target: >= 97 %, none)."""
+    s = ctx.sizes
+    (r1, r2), n = s.endpoints_rpm, s.endpoints_requests
+    inp = ctx.input_file(n)
+    ctx.log(f"two mock servers: rpm {r1} and {r2}, latency 0.1 s; {n} requests")
+    with (
+        h.mock_server(ctx.workdir, latency=0.1, rpm=r1) as a,
+        h.mock_server(ctx.workdir, latency=0.1, rpm=r2) as b,
+    ):
+        eps = ctx.workdir / "endpoints.toml"
+        eps.write_text(
+            f'[[endpoint]]\nname = "a"\nbase_url = "{a.base_url}"\nrpm = {r1}\n'
+            f'[[endpoint]]\nname = "b"\nbase_url = "{b.base_url}"\nrpm = {r2}\n'
+        )
+        out = ctx.fresh_output("out-endpoints.jsonl")
+        argv = [*h.burstq_cmd(), "run", str(inp), "-o", str(out), "--endpoints", str(eps)]
+        run = h.run_child([*argv, "--progress", "quiet"])
+        _check(run, out, n, "scenario 10 (--endpoints)")
+        sa, sb = a.stats(), b.stats()
+    ceiling = r1 + r2
+    ok = sa["by_status"].get("200", 0) + sb["by_status"].get("200", 0)
+    limited = sa["rate_limited"] + sb["rate_limited"]
+    first = min(sa["first_request_at"] or 0, sb["first_request_at"] or 0)
+    span = max(sa["last_response_at"] or 0, sb["last_response_at"] or 0) - first
+    span_rpm = ok / span * 60 if span > 0 else 0.0
+    details = {
+        "wall_s": run.wall,
+        "server_span_s": span,
+        "requests": {"a": sa["requests_total"], "b": sb["requests_total"]},
+        "rate_limited": limited,
+        "summary": h.summary_line(run),
+    }
+    ctx.add(
+        Figure(
+            "10 endpoints",
+            f"two endpoints (rpm {r1} + {r2}): achieved rate, first request to last answer",
+            span_rpm,
+            "req/min",
+            "R1+R2",
+            ceiling,
+            ">= 97 % of R1+R2",
+            span_rpm >= 0.97 * ceiling,
+            f"start to exit {ok / run.wall * 60:,.0f} req/min; shares a {sa['requests_total']}"
+            f" / b {sb['requests_total']}",
+            details,
+        )
+    )
+    ctx.add(
+        Figure(
+            "10 endpoints",
+            "two endpoints: 429 answers",
+            limited,
+            "429s",
+            "received",
+            sa["requests_total"] + sb["requests_total"],
+            "0",
+            limited == 0,
+            baseline_unit="requests",
         )
     )
 

@@ -198,6 +198,7 @@ class RunConfig:
     shard: Shard | None = None
     task: RowTask | None = None
     max_response_bytes: int = 32 * 1024 * 1024
+    endpoints: Path | None = None  # --endpoints FILE: several deployments in one run
 
     @property
     def provider(self) -> ProviderSpec:

@@ -142,6 +142,7 @@ class Result:
     unanswered_attempts: int = 0
     finish_reason: str | None = None  # chat: "stop", "length", "tool_calls", ...
     parsed: Any = None  # a structured answer, parsed and validated
+    endpoint: str | None = None  # --endpoints: the name of the endpoint that answered
     extra: dict[str, Any] = field(default_factory=dict)
     # The provider's last answer, kept for --output-format openai-batch; not in record().
     response_body: Any = None
@@ -182,6 +183,8 @@ class Result:
         )
         if self.finish_reason is not None:
             rec["finish_reason"] = self.finish_reason
+        if self.endpoint is not None:
+            rec["endpoint"] = self.endpoint
         if self.truncated:
             rec["truncated"] = True
         if self.unanswered_attempts:

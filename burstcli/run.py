@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import OPENAI_BASE_URL, ProviderSpec, RunConfig
+from .config import OPENAI_BASE_URL, LimitSpec, ProviderSpec, RunConfig
 from .errors import UsageError
 from .files.journal import Journal, open_for_resume
 from .files.output import check_output, output_lock, same_file
 from .files.reader import Done, FileSource, ScanStopped, StreamSource
 from .files.rows import parser_for
 from .live.client import ApiClient
-from .live.engine import Engine, EngineConfig, aiter_items, prioritized
-from .live.limits import Limits
+from .live.endpoints import EndpointSpec
+from .live.engine import Engine, EngineConfig
+from .live.feed import aiter_items, prioritized
+from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
 from .observe.progress import Reporter
@@ -141,6 +143,11 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
         raise UsageError(f"--retry-failed and --restart need OUTPUT to be a file, not {out_path}")
     if out_path is not None and cfg.input != "-" and same_file(Path(cfg.input), out_path):
         raise UsageError(f"OUTPUT must not be INPUT ({out_path} is {cfg.input})")
+    if cfg.endpoints is not None and cfg.simulate:
+        raise UsageError(
+            "--simulate runs one mock endpoint; with --endpoints, start a `burstq mock-server` "
+            "per endpoint and point the file's base_url values at them"
+        )
     with output_lock(out_path) if out_path is not None and regular else contextlib.nullcontext():
         if cfg.via == "batch":
             if out_path is not None and not regular:
@@ -162,7 +169,8 @@ async def _execute_live(
     regular: bool,
 ) -> RunReport:
 
-    base_url, prices = provider(cfg.provider, base_url, api_key, warn)
+    specs = endpoint_specs(cfg, base_url, api_key)
+    _, prices = provider(cfg.provider, specs[0].base_url, specs[0].api_key, warn)
 
     tally = Tally()
     in_path = None if cfg.input == "-" else Path(cfg.input)
@@ -179,7 +187,7 @@ async def _execute_live(
         )
         try:
             return await _live(
-                cfg, base_url, api_key, prices, warn, started, on_ready, regular, src, stop, tally
+                cfg, specs, prices, warn, started, on_ready, regular, src, stop, tally
             )
         except ScanStopped:
             elapsed = time.monotonic() - started
@@ -212,8 +220,7 @@ class _Stop:
 
 async def _live(
     cfg: RunConfig,
-    base_url: str,
-    api_key: str | None,
+    specs: list[EndpointSpec],
     prices: PriceBook,
     warn: Callable[[str], None],
     started: float,
@@ -282,17 +289,9 @@ async def _live(
             )
 
     loop = asyncio.get_running_loop()
-    shared, redis_client = _shared_pacer(cfg, base_url, api_key, loop.time, warn)
+    redis_client = _redis(cfg)
+    shared: list[SharedPacer] = []
     journal = Journal(None if cfg.output == "-" else Path(cfg.output), fsync=cfg.fsync)
-    limits = Limits(
-        concurrency=cfg.concurrency,
-        rpm=cfg.rpm,
-        tpm=cfg.tpm,
-        clock=loop.time,
-        concurrency_given=cfg.concurrency_given,
-        shared=shared,
-        backoff_base=cfg.backoff_base,
-    )
 
     budget = None
     if cfg.max_cost is not None:
@@ -308,18 +307,28 @@ async def _live(
         max_wait=cfg.max_wait,
     )
     mode = _reporter_mode(cfg)
-    reporter = Reporter(
-        tally, limits.snapshot, mode=mode, interval=cfg.status_every if mode == "plain" else None
-    )
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     items, counts = await _source(cfg, src, done, done_ids, tally, stop)
     try:
-        async with ApiClient(
-            base_url, api_key, timeout=cfg.timeout, max_response_bytes=cfg.max_response_bytes
-        ) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            multi = len(specs) > 1
+            router = Router(
+                [
+                    await _endpoint(stack, cfg, spec, multi, loop.time, redis_client, shared, warn)
+                    for spec in specs
+                ],
+                loop.time,
+                warn,
+            )
+            reporter = Reporter(
+                tally,
+                router.snapshot,
+                mode=mode,
+                interval=cfg.status_every if mode == "plain" else None,
+                endpoints=router.states if router.multi else None,
+            )
             engine = Engine(
-                client=client,
-                limits=limits,
+                router=router,
                 journal=journal,
                 config=config,
                 price=prices.cost,
@@ -327,7 +336,7 @@ async def _live(
                 tally=tally,
                 formatter=formatter,
             )
-            metrics, metrics_task = _metrics(cfg, engine, tally, limits, warn)
+            metrics, metrics_task = _metrics(cfg, engine, tally, router, warn)
             stop.engine = engine
             if on_ready is not None:
                 on_ready(engine)
@@ -348,13 +357,14 @@ async def _live(
                     metrics_task.cancel()  # it writes the final figures as it stops
                     await asyncio.gather(metrics_task, return_exceptions=True)
             if metrics is not None and cfg.pushgateway:
-                metrics.update(tally, limits.snapshot())
+                metrics.update(tally, router.snapshot(), _states(router))
                 if msg := await asyncio.to_thread(metrics.push, cfg.pushgateway):
                     warn(msg)
     finally:
         journal.close()
-        if shared is not None:
-            await shared.aclose()
+        for pacer in shared:
+            await pacer.aclose()
+        if redis_client is not None:
             await redis_client.aclose()
     if outcome.reason == "done":
         # The last line of defence: whatever went wrong, a run that ends with input lines
@@ -366,31 +376,110 @@ async def _live(
     )
 
 
+def _redis(cfg: RunConfig) -> Any:
+    if not cfg.limiter:
+        return None
+    from .live.shared import connect
+
+    return connect(cfg.limiter)
+
+
 def _shared_pacer(
     cfg: RunConfig,
-    base_url: str,
-    api_key: str | None,
+    spec: EndpointSpec,
+    client: Any,
     clock: Callable[[], float],
     warn: Callable[[str], None],
-) -> tuple[SharedPacer | None, Any]:
-    """--limiter: the rpm/tpm budget of (Redis, limit key), shared with other processes."""
-    if not cfg.limiter:
-        return None, None
-    from .live.shared import SharedPacer, connect, default_limit_key
+) -> SharedPacer:
+    """--limiter: the rpm/tpm budget of (Redis, limit key), shared with other processes; with
+    --endpoints, one budget per endpoint (its key, or --limit-key plus its name)."""
+    from .live.shared import SharedPacer, default_limit_key
 
-    client = connect(cfg.limiter)
-    key = cfg.limit_key or default_limit_key(base_url, api_key)
-    pacer = SharedPacer(
+    assert cfg.limiter is not None
+    if cfg.limit_key:
+        key = cfg.limit_key if spec.name is None else f"{cfg.limit_key}:{spec.name}"
+    else:
+        key = default_limit_key(spec.base_url, spec.api_key)
+    return SharedPacer(
         client,
         key,
-        rpm=cfg.rpm,
-        tpm=cfg.tpm,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
         clock=clock,
         max_wait=cfg.max_wait,
         url=cfg.limiter,
         warn=warn,
     )
-    return pacer, client
+
+
+def endpoint_specs(cfg: RunConfig, base_url: str | None, api_key: str | None) -> list[EndpointSpec]:
+    """The run's endpoints: the file's, or one from --base-url / --api-key / --rpm / --tpm."""
+    if cfg.endpoints is None:
+        return [
+            EndpointSpec(
+                name=None,
+                base_url=base_url or OPENAI_BASE_URL,
+                api_key=api_key,
+                rpm=cfg.rpm,
+                tpm=cfg.tpm,
+            )
+        ]
+    from .live.endpoints import load
+
+    if cfg.rpm is not None or cfg.tpm is not None:
+        raise UsageError(
+            "--rpm / --tpm describe one endpoint; with --endpoints, give each endpoint its "
+            "own rpm and tpm in the file"
+        )
+    specs = load(cfg.endpoints)
+    for spec in specs:
+        if not spec.api_key and spec.base_url.rstrip("/") == OPENAI_BASE_URL:
+            raise UsageError(
+                f"{cfg.endpoints}: endpoint {spec.name} calls OpenAI without a key: set "
+                'api_key_env = "VAR" and export VAR'
+            )
+    return specs
+
+
+async def _endpoint(
+    stack: contextlib.AsyncExitStack,
+    cfg: RunConfig,
+    spec: EndpointSpec,
+    multi: bool,
+    clock: Callable[[], float],
+    redis_client: Any,
+    shared: list[SharedPacer],
+    warn: Callable[[str], None],
+) -> Endpoint:
+    client = await stack.enter_async_context(
+        ApiClient(
+            spec.base_url,
+            spec.api_key,
+            timeout=cfg.timeout,
+            max_response_bytes=cfg.max_response_bytes,
+            headers=spec.headers,
+            key_header=spec.api_key_header,
+            query=spec.query,
+        )
+    )
+    pacer = None
+    if redis_client is not None:
+        pacer = _shared_pacer(cfg, spec, redis_client, clock, warn)
+        shared.append(pacer)
+    given = cfg.concurrency_given or spec.concurrency is not None
+    limits = endpoint_limits(
+        LimitSpec(spec.concurrency or cfg.concurrency, given, spec.rpm, spec.tpm),
+        clock=clock,
+        shared=pacer,
+        backoff_base=cfg.backoff_base,
+    )
+    # One endpoint keeps today's behaviour: retries with backoff, no breaker to route around.
+    breaker = Breaker(spec.breaker_failures, spec.breaker_cooldown, clock, enabled=multi)
+    return Endpoint(spec, client, limits, breaker)
+
+
+def _states(router: Router) -> list[EndpointState] | None:
+    return router.states() if router.multi else None
 
 
 async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: float) -> RunReport:
@@ -433,7 +522,7 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
 
 
 def _metrics(
-    cfg: RunConfig, engine: Engine, tally: Tally, limits: Limits, warn: Callable[[str], None]
+    cfg: RunConfig, engine: Engine, tally: Tally, router: Router, warn: Callable[[str], None]
 ) -> tuple[Any, asyncio.Task[None] | None]:
     if not (cfg.metrics_file or cfg.pushgateway):
         return None, None
@@ -444,12 +533,18 @@ def _metrics(
     if not cfg.metrics_file:
         return metrics, None
     try:
-        metrics.update(tally, limits.snapshot())
+        metrics.update(tally, router.snapshot(), _states(router))
         metrics.write(cfg.metrics_file)  # fail before anything is sent
     except OSError as exc:
         raise UsageError(f"cannot write {cfg.metrics_file}: {exc.strerror or exc}") from exc
     task = asyncio.create_task(
-        metrics.run_periodic(cfg.metrics_file, tally, limits.snapshot, warn=warn)
+        metrics.run_periodic(
+            cfg.metrics_file,
+            tally,
+            router.snapshot,
+            warn=warn,
+            endpoints=router.states if router.multi else None,
+        )
     )
     return metrics, task
 
@@ -502,6 +597,11 @@ async def run_batch(
     )
     check_batch_job(cfg.job, cfg.fallback_models, warn)
     with simulated(cfg, batch=True) as (base_url, api_key):
+        if cfg.endpoints is not None:
+            from .live.endpoints import batch_endpoint, load
+
+            spec = batch_endpoint(cfg.endpoints, load(cfg.endpoints))
+            base_url, api_key = spec.base_url, spec.api_key
         url, prices = provider(cfg.provider, base_url, api_key, warn)
         return await run_via_batch(
             cfg.job,

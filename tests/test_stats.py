@@ -350,10 +350,12 @@ def test_shape_is_the_documented_contract(file_a: Path) -> None:
         "cost_usd",
         "models",
         "errors",
+        "endpoints",
         "time",
         "histogram",
         "timeline",
     }
+    assert s["endpoints"] == {}  # records of a run without --endpoints name none
     assert set(s["latency_ms"]) == {"method", "count", "p50", "p90", "p99", "max", "mean"}
     assert set(s["attempts"]) == {"total", "retries", "unanswered"}
     assert set(s["tokens"]) == {"prompt", "completion", "total"}

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import orjson
 
 from burstcli.files.reader import parse_line
-from burstcli.live.engine import prioritized
+from burstcli.live.feed import prioritized
 from burstcli.models import InvalidLine, Request
 
 

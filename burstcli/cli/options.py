@@ -240,6 +240,15 @@ OutputFormatOpt = Annotated[
         "lines: id, custom_id, response, error).",
     ),
 ]
+EndpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("endpoints"),
+        help="TOML (or YAML) file of several endpoints (keys from the environment, limits, "
+        "models, Azure headers): each request goes to the one with room, a failing one is "
+        "taken out of rotation. Replaces --base-url/--api-key/--rpm/--tpm.",
+    ),
+]
 FailOnErrorRateOpt = Annotated[
     float | None,
     typer.Option(

@@ -19,6 +19,7 @@ from .options import (
     BudgetMaxTokensOpt,
     CompletionWindowOpt,
     ConcurrencyOpt,
+    EndpointsOpt,
     FailOnErrorRateOpt,
     FallbackModelOpt,
     FsyncOpt,
@@ -123,6 +124,7 @@ def run(
     id_column: IdColumnOpt = None,
     input_format: InputFormatOpt = None,
     max_response_bytes: MaxResponseBytesOpt = 32 * 1024 * 1024,
+    endpoints: EndpointsOpt = None,
 ) -> None:
     """Process a request file (or data rows through a prompt template): every line or row
     gets exactly one record in OUTPUT.
@@ -140,6 +142,7 @@ def run(
 
         burstq run big.jsonl -o out-0.jsonl --shard 0/4 --limiter redis://redis:6379/0 --rpm 5000
         burstq run samples/reviews.csv -o labels.jsonl --template samples/reviews.toml --simulate
+        burstq run requests.jsonl -o out.jsonl --endpoints samples/endpoints.toml
     """
     from ..config import RunConfig, Shard
     from ..files.output import check_input
@@ -218,6 +221,7 @@ def run(
         shard=shard_spec,
         task=task,
         max_response_bytes=max_response_bytes,
+        endpoints=endpoints,
     )
     report = execute(cfg)
     outcome = report.outcome

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -83,14 +84,24 @@ class ApiClient:
         timeout: float,
         debug: bool = False,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        headers: Mapping[str, str] | None = None,
+        key_header: str | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_response_bytes = max_response_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        self._headers.update(headers or {})
         if api_key:
             register(api_key)  # whoever builds a client, its key is hidden from then on
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            # Azure OpenAI takes the key as `api-key: KEY`; everyone else as a bearer token.
+            if key_header:
+                self._headers[key_header] = api_key
+            else:
+                self._headers["Authorization"] = f"Bearer {api_key}"
+        qs = "?" + urlencode(dict(query)) if query else ""
+        self._urls = {ep: self.base_url + path + qs for ep, path in ENDPOINT_PATHS.items()}
         self._session: aiohttp.ClientSession | None = None
         self._debug = debug or os.environ.get("BURSTQ_DEBUG_HTTP") == "1"
 
@@ -113,9 +124,28 @@ class ApiClient:
         """Never let the key out, even if a proxy echoes our headers back in an error."""
         return redact(text)
 
+    async def get(self, path: str) -> tuple[int, Any, Mapping[str, str]]:
+        """One GET (`burstq endpoints check`): status, JSON body (None if not JSON), headers."""
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        qs = self._urls["chat"].partition("?")[2]
+        url = self.base_url + path + ("?" + qs if qs else "")
+        try:
+            async with self._session.get(url, timeout=self.timeout) as resp:
+                raw = await resp.content.read(self.max_response_bytes)
+                status, headers = resp.status, resp.headers
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise CallError("timeout", f"no answer within {self.timeout.total:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CallError("connection", self.redact(f"cannot reach {url}: {exc}")) from exc
+        try:
+            data = orjson.loads(self.redact(raw.decode("utf-8", "replace")))
+        except orjson.JSONDecodeError:
+            data = None
+        return status, data, headers
+
     async def call(self, endpoint: str, model: str, body: dict[str, Any]) -> Reply:
         assert self._session is not None, "use `async with ApiClient(...)`"
-        url = self.base_url + ENDPOINT_PATHS[endpoint]
+        url = self._urls[endpoint]
         payload = orjson.dumps({"model": model, **body})
         if self._debug:
             print(

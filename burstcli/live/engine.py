@@ -10,12 +10,9 @@ write. No Typer or Rich here: the CLI builds the parts and renders what `run()` 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import random
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +34,8 @@ from ..models import (
 )
 from ..money.budget import Budget
 from ..redact import redact_cut
-from .client import ApiClient, CallError
-from .limits import Limits
+from .client import CallError
+from .router import Endpoint, NoEndpoint, Router
 from .shared import LimiterUnavailable
 
 PriceFn = Callable[[str, dict[str, Any] | None], float | None]
@@ -70,8 +67,7 @@ class Engine:
     def __init__(
         self,
         *,
-        client: ApiClient,
-        limits: Limits,
+        router: Router,
         journal: Journal,
         config: EngineConfig,
         price: PriceFn,
@@ -80,8 +76,7 @@ class Engine:
         rng: random.Random | None = None,
         formatter: Callable[[Result], dict[str, Any]] | None = None,
     ) -> None:
-        self.client = client
-        self.limits = limits
+        self.router = router
         self.journal = journal
         self.config = config
         self.price = price
@@ -160,20 +155,25 @@ class Engine:
 
     async def _dispatch(self, items: AsyncIterator[Request | InvalidLine]) -> None:
         it = aiter(items)
+        router = self.router
         while self._stop is None:
             # The slot first, then the item: what is sent next is chosen as late as possible,
             # so a high-priority line that arrived meanwhile (stdin) goes first.
-            await self.limits.slot()
+            try:
+                ep = await router.slot()
+            except NoEndpoint as exc:  # every endpoint retired
+                self._fail_run(exc.err)
+                return
             if self._stop is not None:
-                self.limits.release()
+                router.release(ep)
                 return
             try:
                 item = await anext(it)
             except StopAsyncIteration:
-                self.limits.release()
+                router.release(ep)
                 return
             if isinstance(item, InvalidLine):
-                self.limits.release()
+                router.release(ep)
                 self._record(invalid_result(item))
                 continue
             held = 0.0
@@ -185,20 +185,21 @@ class Engine:
                     await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
                     amount = self.budget.reserve(item)
                 if amount is None:
-                    self.limits.release()
+                    router.release(ep)
                     self._stop = "budget"
                     return
                 held = amount
-            task = asyncio.create_task(self._own(item, held))
+            task = asyncio.create_task(self._own(item, held, ep))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     # -- one request, start to record -------------------------------------------------------
-    async def _own(self, req: Request, held: float) -> None:
+    async def _own(self, req: Request, held: float, ep: Endpoint) -> None:
         cost: float | None = None
+        lease: list[Endpoint | None] = [ep]  # the endpoint whose slot this request holds
         try:
             try:
-                result = await self._process(req)
+                result = await self._process(req, lease)
             except (_Fatal, asyncio.CancelledError):
                 raise
             except Exception as exc:
@@ -214,30 +215,39 @@ class Engine:
             cost = result.cost_usd
             self._record(result)
         except _Fatal as exc:
-            if self._fatal is None:
-                self._fatal = exc.err
-                self._stop = "fatal"
-                if self._dispatcher is not None:
-                    self._dispatcher.cancel()
-                for t in self._tasks:
-                    if t is not asyncio.current_task():
-                        t.cancel()
+            self._fail_run(exc.err)
         finally:
-            self.limits.release()
+            if lease[0] is not None:
+                self.router.release(lease[0])
             if self.budget is not None:
                 self.budget.settle(held, cost)
 
-    async def _process(self, req: Request) -> Result:
-        cfg, tally, limits = self.config, self.tally, self.limits
+    def _fail_run(self, err: CallError) -> None:
+        if self._fatal is None:
+            self._fatal = err
+            self._stop = "fatal"
+            if self._dispatcher is not None and self._dispatcher is not asyncio.current_task():
+                self._dispatcher.cancel()
+            for t in self._tasks:
+                if t is not asyncio.current_task():
+                    t.cancel()
+
+    async def _process(self, req: Request, lease: list[Endpoint | None]) -> Result:
+        cfg, tally, router = self.config, self.tally, self.router
+        multi = router.multi
+        ep = lease[0]
+        assert ep is not None
         models = [req.model] + [m for m in cfg.fallback_models if m != req.model]
-        attempts = unanswered = 0
+        attempts = unanswered = free_moves = 0
+        reroute = False
+        avoid: Endpoint | None = None  # where the request last failed for the endpoint's fault
         started = asyncio.get_running_loop().time()
         last: CallError | None = None
         validator = cfg.validators.for_body(req.body) if cfg.validators is not None else None
         parsed: Any = None
         # Answers refused as invalid were still billed: their usage and cost are carried.
         billed: list[tuple[str, dict[str, Any]]] = []
-        ceiling = limits.tpm_ceiling
+        ceiling = ep.limits.tpm_ceiling
         if ceiling and req.est_tokens > ceiling:
             # It can never fit in a minute's allowance: sending it would only earn a 429.
             return self._failed(
@@ -255,6 +265,19 @@ class Engine:
         for model in models:
             retries = limited = 0
             while True:
+                if multi and (reroute or router.should_move(ep, model)):
+                    reroute = False
+                    try:
+                        ep = await router.move(lease, model, avoid)
+                    except NoEndpoint as exc:  # the model's last endpoint is gone: exit 2
+                        raise _Fatal(exc.err) from None
+                    except CallError as err:
+                        last = err
+                        held = lease[0]  # _move took a slot again (any endpoint's)
+                        assert held is not None
+                        ep = held
+                        break
+                limits = ep.limits
                 try:
                     await limits.pace(req.est_tokens)
                 except LimiterUnavailable as exc:
@@ -267,10 +290,13 @@ class Engine:
                 if attempts == 0:
                     started = asyncio.get_running_loop().time()  # latency excludes our queue
                 attempts += 1
+                ep.attempts += 1
                 tally.attempts += 1
                 tally.in_flight += 1
                 try:
-                    reply = await self.client.call(req.endpoint, model, req.body)
+                    deployments = ep.spec.deployments
+                    sent = deployments.get(model, model) if deployments else model
+                    reply = await ep.client.call(req.endpoint, sent, req.body)
                     self._heard, self._silent = True, 0
                     output, vectors = _extract(req.endpoint, reply.data)
                     if req.endpoint == "chat":
@@ -307,8 +333,14 @@ class Engine:
                         unanswered += 1
                         tally.unanswered += 1
                     if err.fatal:
-                        raise _Fatal(err) from err
-                    self._check_silence(err)
+                        if not multi:
+                            raise _Fatal(err) from err
+                        # A wrong key or spent quota is the endpoint's, not the request's:
+                        # retire it and move on (free), or stop if the model has none left.
+                        router.retire(ep, err)
+                        continue
+                    if not multi:
+                        self._check_silence(err, ep)
                     if err.retry_after is not None and err.retry_after > cfg.max_wait:
                         raise _Fatal(_too_long(err, cfg.max_wait)) from err
                     if err.type == "rate_limited":
@@ -317,15 +349,35 @@ class Engine:
                         limited += 1
                         if limited <= cfg.max_rate_limited:
                             tally.retries += 1
-                            continue  # the shared pause is the backoff
-                    elif err.retryable and retries < cfg.max_retries:
-                        delay = self._backoff(retries, err.retry_after)
-                        if err.retry_after:
-                            limits.note_wait(delay, f"{err.status_code or err.type} retry-after")
-                        await asyncio.sleep(delay)
-                        retries += 1
-                        tally.retries += 1
-                        continue
+                            reroute = multi  # another endpoint may have room now
+                            continue  # the endpoint's pause is the backoff
+                    elif err.retryable:
+                        # The fairness rule: a connection error, timeout or 5xx is the
+                        # endpoint's fault, so the request moves to another endpoint that
+                        # can take it without spending its --max-retries, at most once per
+                        # other endpoint; failing again there, or with nowhere to go, is
+                        # charged as an ordinary retry with backoff.
+                        if (
+                            multi
+                            and router.failed(ep, err)
+                            and free_moves < len(router.endpoints) - 1
+                            and router.other_usable(ep, model)
+                        ):
+                            free_moves += 1
+                            tally.retries += 1
+                            avoid = ep
+                            reroute = True
+                            continue
+                        if retries < cfg.max_retries:
+                            delay = self._backoff(retries, err.retry_after)
+                            if err.retry_after:
+                                limits.note_wait(
+                                    delay, f"{err.status_code or err.type} retry-after"
+                                )
+                            await asyncio.sleep(delay)
+                            retries += 1
+                            tally.retries += 1
+                            continue
                     break
                 except BaseException:
                     tally.in_flight -= 1
@@ -338,6 +390,8 @@ class Engine:
                     req.est_tokens,
                     int(usage.get("total_tokens") or 0) if usage else None,
                 )
+                if multi:
+                    router.answered(ep)
                 result = self._completed(
                     req,
                     model,
@@ -349,6 +403,7 @@ class Engine:
                     started,
                     reply.data,
                     reply.headers,
+                    ep,
                 )
                 result.parsed = parsed
                 if billed:
@@ -357,7 +412,11 @@ class Engine:
             if last is not None and not (last.fallback or last.retryable):
                 break  # a bad request is bad for every model
         assert last is not None
-        if last.unreachable and not self._answered:
+        if (
+            last.unreachable
+            and not self._answered
+            and not (multi and router.other_usable(ep, req.model))
+        ):
             # Nothing has ever answered: a wrong --base-url or a server that is down. Stop
             # rather than fail every line; the request stays unrecorded for the rerun.
             raise _Fatal(
@@ -367,7 +426,7 @@ class Engine:
                     "answered yet: check --base-url / OPENAI_BASE_URL)",
                 )
             )
-        failed = self._failed(req, last, attempts, unanswered, started)
+        failed = self._failed(req, last, attempts, unanswered, started, ep)
         if billed:
             self._carry(failed, billed)
         return failed
@@ -386,7 +445,7 @@ class Engine:
         result.usage = usage
         result.cost_usd = cost
 
-    def _check_silence(self, err: CallError) -> None:
+    def _check_silence(self, err: CallError, ep: Endpoint) -> None:
         """An endpoint that takes connections and never answers: stop after a few timeouts
         rather than try it one request at a time for ever (once it has answered, timeouts are
         ordinary retryable failures)."""
@@ -403,8 +462,8 @@ class Engine:
             raise _Fatal(
                 CallError(
                     "timeout",
-                    f"no answer within --timeout ({self.client.timeout.total:g}s) from "
-                    f"{self.client.base_url} ({self._silent} attempts in a row, none answered "
+                    f"no answer within --timeout ({ep.client.timeout.total:g}s) from "
+                    f"{ep.client.base_url} ({self._silent} attempts in a row, none answered "
                     "yet): check --base-url, or raise --timeout",
                 )
             )
@@ -426,6 +485,7 @@ class Engine:
         started: float,
         data: dict[str, Any],
         headers: Mapping[str, str],
+        ep: Endpoint,
     ) -> Result:
         truncated = False
         if output is not None and len(output) > self.config.max_output_chars:
@@ -455,10 +515,17 @@ class Engine:
             response_body=data,
             response_status=200,
             response_request_id=headers.get("x-request-id"),
+            endpoint=ep.spec.name,
         )
 
     def _failed(
-        self, req: Request, err: CallError, attempts: int, unanswered: int, started: float
+        self,
+        req: Request,
+        err: CallError,
+        attempts: int,
+        unanswered: int,
+        started: float,
+        ep: Endpoint | None = None,
     ) -> Result:
         return Result(
             request_id=req.id,
@@ -476,6 +543,7 @@ class Engine:
             response_body=err.body,
             response_status=err.status_code or 0,
             response_request_id=err.headers.get("x-request-id"),
+            endpoint=ep.spec.name if ep is not None and attempts else None,
         )
 
     # -- output -----------------------------------------------------------------------------
@@ -560,77 +628,3 @@ def _too_long(err: CallError, max_wait: float) -> CallError:
         f"({max_wait:g}s); rerun the same command after then to resume",
         status_code=err.status_code,
     )
-
-
-async def aiter_items(
-    items: Iterable[Request | InvalidLine], *, chunk: int = 256
-) -> AsyncIterator[Request | InvalidLine]:
-    """Feed a file's (already ordered) items to the dispatcher, letting answers in between."""
-    for n, item in enumerate(items):
-        yield item
-        if n % chunk == chunk - 1:
-            await asyncio.sleep(0)
-
-
-def prioritized(
-    items: Iterable[Request | InvalidLine], *, window: int = 10_000
-) -> AsyncIterator[Request | InvalidLine]:
-    """Items of a blocking stream (stdin), highest priority first among those buffered.
-
-    A daemon thread, started at once, reads (a read blocked on stdin must not keep the process
-    alive after Ctrl-C) into a buffer of at most `window` items; each time the dispatcher
-    asks, it gets the best item read so far, so a slow producer is never waited for and a
-    fast one is ordered across the window. Invalid lines come out first: they are recorded
-    at once.
-    """
-    loop = asyncio.get_running_loop()
-    lock = threading.Lock()
-    incoming: list[Request | InvalidLine] = []
-    state: dict[str, Any] = {"finished": False, "error": None}
-    room = threading.Semaphore(window)
-    wake = asyncio.Event()
-
-    def signal() -> None:
-        try:
-            loop.call_soon_threadsafe(wake.set)
-        except RuntimeError:  # the loop is gone: nobody is reading any more
-            pass
-
-    def produce() -> None:
-        try:
-            for item in items:
-                room.acquire()
-                with lock:
-                    incoming.append(item)
-                    first = len(incoming) == 1
-                if first:
-                    signal()
-        except BaseException as exc:  # surfaced in the loop, not lost in the thread
-            state["error"] = exc
-        with lock:
-            state["finished"] = True
-        signal()
-
-    async def ordered() -> AsyncIterator[Request | InvalidLine]:
-        heap: list[tuple[int, int, Request | InvalidLine]] = []
-        tie = itertools.count()
-        while True:
-            with lock:
-                for item in incoming:
-                    prio = item.priority if isinstance(item, Request) else 11
-                    heapq.heappush(heap, (-prio, next(tie), item))
-                incoming.clear()
-                finished = state["finished"]
-            if heap:
-                room.release()
-                yield heapq.heappop(heap)[2]
-                continue
-            if finished:
-                if state["error"] is not None:
-                    raise state["error"]
-                return
-            wake.clear()
-            await wake.wait()
-
-    threading.Thread(target=produce, name="burstq-reader", daemon=True).start()
-    return ordered()

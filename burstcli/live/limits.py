@@ -276,6 +276,15 @@ class Limits:
         # The engine refuses a request bigger than the TPM ceiling: the shared one counts.
         self.rpm_ceiling, self.tpm_ceiling = shared.rpm_ceiling, shared.tpm_ceiling
 
+    def ready_at(self) -> float:
+        """Earliest clock time a request could start here (the pause, then the pacers' next
+        free unit): what the router compares to send each request where there is room."""
+        at = self.paused_until
+        for pacer in (self.requests, self.tokens):
+            if pacer.rate:
+                at = max(at, pacer._tat - pacer.burst)
+        return at
+
     # -- feedback ---------------------------------------------------------------------------
     def on_success(
         self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None

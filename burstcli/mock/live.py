@@ -260,9 +260,12 @@ def check_auth(request: web.Request, state: MockState) -> Reply | None:
     keys = state.config.api_keys
     if keys is None:
         return None
+    azure = request.headers.get("api-key")  # Azure OpenAI's header, instead of a bearer token
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
+    if azure is not None:
+        scheme, key = "bearer", azure.strip()
     if scheme.lower() != "bearer" or not key:
         return error(401, MISSING_KEY_MESSAGE, "invalid_request_error")
     if key not in keys:
@@ -378,13 +381,14 @@ _RESET: Final = _Reset()
 
 async def _process(request: web.Request, state: MockState, endpoint: Endpoint) -> Reply | _Reset:
     cfg = state.config
+    state.saw_headers(request.headers)
     auth_error = check_auth(request, state)
     if auth_error is not None:
         return auth_error
     parsed = await _parse(request, endpoint)
     if isinstance(parsed, Reply):
         return parsed
-    state.attempt(parsed.prompt)
+    state.attempt(parsed.prompt, parsed.model)
     if cfg.quota_exhausted:
         return error(
             429,

@@ -91,6 +91,8 @@ class MockConfig:
     # optional enqueued-token limit per model (prompt tokens of unfinished batches).
     batch_seconds: float = 2.0
     batch_max_enqueued_tokens: int | None = None
+    # Header names whose values the stats count (`headers_seen`), to check what clients send.
+    record_headers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Fail at configuration time (CLI flags) rather than with odd behaviour mid-rehearsal.
@@ -350,6 +352,8 @@ class MockState:
         self.faults_injected: dict[str, int] = {}
         self.completed_by_prompt: dict[str, int] = {}
         self.attempts_by_prompt: dict[str, int] = {}
+        self.models_seen: dict[str, int] = {}
+        self.headers_seen: dict[str, int] = {}
         self.first_request_at: float | None = None
         self.last_response_at: float | None = None
         self.arrivals_per_second: list[int] = []
@@ -377,6 +381,8 @@ class MockState:
                 "faults_injected": dict(self.faults_injected),
                 "completed_by_prompt": dict(self.completed_by_prompt),
                 "attempts_by_prompt": dict(self.attempts_by_prompt),
+                "models_seen": dict(self.models_seen),
+                "headers_seen": dict(self.headers_seen),
                 "first_request_at": self.first_request_at,
                 "last_response_at": self.last_response_at,
                 "arrivals_per_second": list(self.arrivals_per_second),
@@ -402,9 +408,22 @@ class MockState:
         with self._lock:
             self.in_flight -= 1
 
-    def attempt(self, prompt: str) -> None:
+    def attempt(self, prompt: str, model: str | None = None) -> None:
         with self._lock:
             self.attempts_by_prompt[prompt] = self.attempts_by_prompt.get(prompt, 0) + 1
+            if model is not None:
+                self.models_seen[model] = self.models_seen.get(model, 0) + 1
+
+    def saw_headers(self, headers: Any) -> None:
+        names = self.config.record_headers
+        if not names:
+            return
+        with self._lock:
+            for name in names:
+                value = headers.get(name)
+                if value is not None:
+                    key = f"{name.lower()}: {value}"
+                    self.headers_seen[key] = self.headers_seen.get(key, 0) + 1
 
     def directive_attempt(self, prompt: str) -> int:
         # Counted apart from attempts_by_prompt: requests refused earlier (e.g. by the rate

@@ -16,6 +16,13 @@ out of the file. Two feeds fill it:
   `burstq_rpm_limit` / `burstq_tpm_limit` (the ceilings, given or learned from headers; NaN
   while unknown), `burstq_rpm_pace` / `burstq_tpm_pace` (the pace in use, below a ceiling
   after 429s) and `burstq_concurrency_limit`.
+- With --endpoints (and only then, so a one-endpoint file keeps its shape), by endpoint name:
+  `burstq_endpoint_requests_total{endpoint,status}`,
+  `burstq_endpoint_request_duration_seconds{endpoint}`, `burstq_endpoint_tokens_total{endpoint,
+  kind}`, `burstq_endpoint_cost_usd_total{endpoint}`, `burstq_endpoint_errors_total{endpoint,
+  type}`, and the gauges `burstq_endpoint_up{endpoint}` (1 in rotation, 0 breaker open or
+  probing or retired), `burstq_endpoint_in_flight`, `burstq_endpoint_rpm_limit` and
+  `burstq_endpoint_attempts` (attempts sent there, retries included).
 
 Labels are only model names, statuses, token kinds and burstq's own error taxonomy: never an
 API key, a prompt, an output or a request id, which would leak data and explode cardinality.
@@ -36,9 +43,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import push_to_gateway
 
 from ..live.limits import LimitsSnapshot
+from ..live.router import EndpointState
 from ..models import Result, Tally
 
 Snapshot = Callable[[], LimitsSnapshot]
+States = Callable[[], list[EndpointState]]
 Warn = Callable[[str], None]
 
 # LLM answers range from ~100 ms (embeddings, short completions) to minutes (long generations,
@@ -154,6 +163,12 @@ class Metrics:
             g.set(NAN)  # unknown until the first update(), not a misleading 0
         # Tally fields are running totals; counters only go up, so feed them the growth.
         self._seen = {"retries": 0, "rate_limited": 0, "unanswered": 0}
+        self._by_endpoint: _EndpointMetrics | None = None
+
+    def _endpoint_metrics(self) -> _EndpointMetrics:
+        if self._by_endpoint is None:
+            self._by_endpoint = _EndpointMetrics(self.registry)
+        return self._by_endpoint
 
     # -- feeds ------------------------------------------------------------------------------
     def observe(self, result: Result) -> None:
@@ -175,8 +190,12 @@ class Metrics:
                     self.tokens.labels(model=model, kind=kind).inc(n)
         if result.cost_usd is not None and result.cost_usd > 0:
             self.cost.labels(model=model).inc(result.cost_usd)
+        if result.endpoint is not None:
+            self._endpoint_metrics().observe(result.endpoint, result)
 
-    def update(self, tally: Tally, snap: LimitsSnapshot) -> None:
+    def update(
+        self, tally: Tally, snap: LimitsSnapshot, endpoints: list[EndpointState] | None = None
+    ) -> None:
         """Copy the run's live figures from the engine's tally and the limits' snapshot."""
         self.active.set(tally.in_flight)
         for name, counter in (
@@ -197,6 +216,8 @@ class Metrics:
         self.rpm_pace.set(NAN if snap.rpm is None else snap.rpm)
         self.tpm_pace.set(NAN if snap.tpm is None else snap.tpm)
         self.concurrency.set(snap.concurrency)
+        if endpoints:
+            self._endpoint_metrics().update(endpoints)
 
     # -- outputs ----------------------------------------------------------------------------
     def text(self) -> bytes:
@@ -241,6 +262,7 @@ class Metrics:
         interval: float = 5.0,
         *,
         warn: Warn | None = None,
+        endpoints: States | None = None,
     ) -> None:
         """Rewrite `path` every `interval` seconds until cancelled, then once more, final.
 
@@ -249,16 +271,93 @@ class Metrics:
         """
         try:
             while True:
-                self._refresh(path, tally, snapshot, warn)
+                self._refresh(path, tally, snapshot, warn, endpoints)
                 await asyncio.sleep(interval)
         except asyncio.CancelledError:
-            self._refresh(path, tally, snapshot, warn)
+            self._refresh(path, tally, snapshot, warn, endpoints)
             raise
 
-    def _refresh(self, path: Path, tally: Tally, snapshot: Snapshot, warn: Warn | None) -> None:
-        self.update(tally, snapshot())
+    def _refresh(
+        self,
+        path: Path,
+        tally: Tally,
+        snapshot: Snapshot,
+        warn: Warn | None,
+        endpoints: States | None = None,
+    ) -> None:
+        self.update(tally, snapshot(), endpoints() if endpoints is not None else None)
         try:
             self.write(path)
         except OSError as exc:
             if warn is not None:
                 warn(f"cannot write metrics to {path}: {exc.strerror or exc}")
+
+
+class _EndpointMetrics:
+    """The by-endpoint series, registered only once a run has named endpoints."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        label = ["endpoint"]
+        self.requests = Counter(
+            "burstq_endpoint_requests",
+            "Finished requests by the endpoint that last handled them, and status.",
+            [*label, "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "burstq_endpoint_request_duration_seconds",
+            "Latency of completed requests by endpoint.",
+            label,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "burstq_endpoint_tokens", "Tokens by endpoint and kind.", [*label, "kind"], registry=r
+        )
+        self.cost = Counter("burstq_endpoint_cost_usd", "Cost by endpoint.", label, registry=r)
+        self.errors = Counter(
+            "burstq_endpoint_errors",
+            "Failed requests by endpoint and error type.",
+            [*label, "type"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "burstq_endpoint_up", "1 in rotation, 0 open, probing or retired.", label, registry=r
+        )
+        self.in_flight = Gauge(
+            "burstq_endpoint_in_flight", "Requests holding a slot there.", label, registry=r
+        )
+        self.rpm_limit = Gauge(
+            "burstq_endpoint_rpm_limit",
+            "Its requests/minute ceiling (NaN: unknown).",
+            label,
+            registry=r,
+        )
+        self.attempts = Gauge(
+            "burstq_endpoint_attempts", "Attempts sent there, retries included.", label, registry=r
+        )
+
+    def observe(self, name: str, result: Result) -> None:
+        self.requests.labels(endpoint=name, status=result.status).inc()
+        if result.status == "completed":
+            if result.latency_ms is not None:
+                self.duration.labels(endpoint=name).observe(result.latency_ms / 1000)
+        else:
+            etype = str((result.error or {}).get("type") or "unknown")
+            self.errors.labels(endpoint=name, type=etype).inc()
+        if result.usage:
+            for kind in ("prompt", "completion"):
+                n = result.usage.get(f"{kind}_tokens")
+                if isinstance(n, int) and n > 0:
+                    self.tokens.labels(endpoint=name, kind=kind).inc(n)
+        if result.cost_usd is not None and result.cost_usd > 0:
+            self.cost.labels(endpoint=name).inc(result.cost_usd)
+
+    def update(self, states: list[EndpointState]) -> None:
+        for st in states:
+            self.up.labels(endpoint=st.name).set(1 if st.state == "closed" else 0)
+            self.in_flight.labels(endpoint=st.name).set(st.in_flight)
+            self.rpm_limit.labels(endpoint=st.name).set(
+                NAN if st.rpm_ceiling is None else st.rpm_ceiling
+            )
+            self.attempts.labels(endpoint=st.name).set(st.attempts)

@@ -13,9 +13,30 @@ from collections.abc import Callable
 from typing import IO
 
 from ..live.limits import LimitsSnapshot
+from ..live.router import EndpointState
 from ..models import Tally
 
 Snapshot = Callable[[], LimitsSnapshot]
+States = Callable[[], list[EndpointState]]
+
+
+def endpoints_line(states: list[EndpointState]) -> str:
+    """Each endpoint's state in a few characters: `a ok 3/50 rpm≤600 | b open 12s`."""
+    parts = []
+    for st in states:
+        if st.state == "retired":
+            parts.append(f"{st.name} retired")
+            continue
+        text = f"{st.name} " + {"closed": "ok", "probing": "probing"}.get(
+            st.state, f"open {st.open_for:.0f}s"
+        )
+        text += f" {st.in_flight}/{st.concurrency}"
+        if st.rpm_ceiling:
+            text += f" rpm≤{st.rpm_ceiling:,.0f}"
+        if st.rate_limited:
+            text += f" {st.rate_limited}x429"
+        parts.append(text)
+    return " | ".join(parts)
 
 
 def _money(x: float) -> str:
@@ -87,9 +108,11 @@ class Reporter:
         mode: str,
         interval: float | None = None,
         stream: IO[str] | None = None,
+        endpoints: States | None = None,
     ) -> None:
         self.tally = tally
         self.snapshot = snapshot
+        self.endpoints = endpoints
         self.mode = mode
         self.stream = stream or sys.stderr
         self.interval = interval if interval is not None else (0.25 if mode == "rich" else 5.0)
@@ -159,9 +182,14 @@ class Reporter:
                 info += f" [red]limiter {snap.limiter}[/]"
             if (pause := pause_text(snap)) is not None:
                 info += f" [yellow]{pause}[/]"
+            if self.endpoints is not None:
+                info += " · " + endpoints_line(self.endpoints())
             self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
         elif self.mode == "plain":
-            print(status_line(self.tally, snap, elapsed), file=self.stream, flush=True)
+            line = status_line(self.tally, snap, elapsed)
+            if self.endpoints is not None:
+                line += " | endpoints: " + endpoints_line(self.endpoints())
+            print(line, file=self.stream, flush=True)
 
     async def stop(self) -> None:
         if self._task is not None:

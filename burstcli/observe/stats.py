@@ -36,6 +36,11 @@ or remove them.
         }
       },
       "errors": {"timeout": 6, "server_error": 4},   # error.type of failed records, most first
+      "endpoints": {                 # --endpoints runs: by the record's endpoint; {} otherwise
+        "azure-eu": {"count": 60, "completed": 58, "failed": 2, "attempts": 63,
+                     "tokens": {"prompt": 0, "completion": 0, "total": 0}, "cost_usd": 0.01,
+                     "latency_p50_ms": 700.0, "errors": {"timeout": 2}}
+      },
       "time": {
         "first_finished_at": "2026-11-27T10:00:00.123Z",   # as written in the record
         "last_finished_at": "2026-11-27T10:04:00.456Z",
@@ -81,6 +86,66 @@ WORST_CASE_NOTE = (
     "model (model_used, else model), on the assumption that the provider billed it; attempts "
     "of a model with no priced completed request are counted in unpriced_unanswered instead."
 )
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    count: int = 0
+    completed: int = 0
+    failed: int = 0
+    attempts: int = 0
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+    cost: float = 0.0
+    priced: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(
+        self,
+        rec: dict[str, Any],
+        st: str,
+        attempts: int,
+        p: int,
+        c: int,
+        t: int,
+        cost: float | None,
+    ) -> None:
+        self.count += 1
+        self.attempts += attempts
+        self.prompt, self.completion, self.total = (
+            self.prompt + p,
+            self.completion + c,
+            self.total + t,
+        )
+        if cost is not None:
+            self.cost += cost
+            self.priced += 1
+        if st == "completed":
+            self.completed += 1
+            latency = _num(rec.get("latency_ms"))
+            if latency is not None:
+                self.latencies.append(latency)
+        elif st == "failed":
+            self.failed += 1
+            err = rec.get("error")
+            etype = err.get("type") if isinstance(err, dict) else None
+            key = str(etype) if etype else "unknown"
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        self.latencies.sort()
+        return {
+            "count": self.count,
+            "completed": self.completed,
+            "failed": self.failed,
+            "attempts": self.attempts,
+            "tokens": {"prompt": self.prompt, "completion": self.completion, "total": self.total},
+            "cost_usd": self.cost if self.priced else None,
+            "latency_p50_ms": nearest_rank(self.latencies, 50),
+            "errors": dict(sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
 
 
 def nearest_rank(sorted_values: Sequence[float], p: int) -> float | None:
@@ -210,6 +275,7 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
     prompt = completion = total_tokens = 0
     null_cost = 0
     models: dict[str, _Model] = {}
+    endpoints: dict[str, _Endpoint] = {}
     errors: dict[str, int] = {}
     times: list[tuple[float, bool]] = []
     first: tuple[float, str] | None = None
@@ -263,6 +329,10 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             etype = err.get("type") if isinstance(err, dict) else None
             key = str(etype) if etype else "unknown"
             errors[key] = errors.get(key, 0) + 1
+
+        where = rec.get("endpoint")
+        if isinstance(where, str):
+            endpoints.setdefault(where, _Endpoint()).add(rec, st, attempts, p, c, t, cost)
 
         raw = rec.get("finished_at")
         ts = _timestamp(raw) if isinstance(raw, str) else None
@@ -322,6 +392,10 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
         },
         "models": model_out,
         "errors": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "endpoints": {
+            name: e.summary()
+            for name, e in sorted(endpoints.items(), key=lambda kv: (-kv[1].count, kv[0]))
+        },
         "time": {
             "first_finished_at": first[1] if first else None,
             "last_finished_at": last[1] if last else None,

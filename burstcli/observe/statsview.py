@@ -198,6 +198,25 @@ def _models(stats: dict[str, Any]) -> Table:
     return table
 
 
+def _endpoints(stats: dict[str, Any]) -> Table:
+    table = Table(title="Per endpoint", box=box.SIMPLE, title_justify="left")
+    table.add_column("endpoint", overflow="fold", ratio=1)
+    for col in ("requests", "completed", "failed", "attempts", "tokens", "cost", "p50 latency"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, e in stats["endpoints"].items():
+        table.add_row(
+            name,
+            f"{e['count']:,}",
+            f"{e['completed']:,}",
+            Text(f"{e['failed']:,}", style="red" if e["failed"] else ""),
+            f"{e['attempts']:,}",
+            f"{e['tokens']['total']:,}",
+            _money(e["cost_usd"]),
+            _ms(e["latency_p50_ms"]),
+        )
+    return table
+
+
 def _errors(stats: dict[str, Any]) -> Table:
     failed = stats["status"]["failed"]
     table = Table(title="Errors by type", box=box.SIMPLE, title_justify="left")
@@ -227,5 +246,7 @@ def render(stats: dict[str, Any], console: Console) -> None:
         console.print(timeline)
         console.print()
     console.print(_models(stats))
+    if stats.get("endpoints"):
+        console.print(_endpoints(stats))
     if stats["errors"]:
         console.print(_errors(stats))
