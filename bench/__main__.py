@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import harness as h
+from . import incremental as _incremental  # noqa: F401 - registers "incremental"
 from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure, endpoints
 from .scenarios import report as report_scenario
 from .shared import shared

@@ -199,6 +199,9 @@ class RunConfig:
     task: RowTask | None = None
     max_response_bytes: int = 32 * 1024 * 1024
     endpoints: Path | None = None  # --endpoints FILE: several deployments in one run
+    dry_run: bool = False  # print what the run would keep, drop and send; send nothing
+    cache: Path | None = None  # the SQLite answer cache (money/cache.py)
+    cache_deterministic_only: bool = False
 
     @property
     def provider(self) -> ProviderSpec:

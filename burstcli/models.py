@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -94,6 +94,8 @@ class Request:
     prompt_bytes: int = 0
     n_messages: int = 0
     max_tokens: int | None = None
+    fingerprint: str = ""  # files/fingerprint.of() fills it on first use
+    line_digest: str = ""  # the raw line's hash (files/fingerprint.line_digest), file input
 
     @property
     def est_tokens(self) -> int:
@@ -143,6 +145,10 @@ class Result:
     finish_reason: str | None = None  # chat: "stop", "length", "tool_calls", ...
     parsed: Any = None  # a structured answer, parsed and validated
     endpoint: str | None = None  # --endpoints: the name of the endpoint that answered
+    fingerprint: str | None = None  # the request's content hash (files/fingerprint.py)
+    line_digest: str | None = None  # its raw input line's hash: a rerun's fast path
+    cached: bool = False  # answered from --cache: no API call
+    saved_usd: float | None = None  # cached: what the answer cost when it was bought
     extra: dict[str, Any] = field(default_factory=dict)
     # The provider's last answer, kept for --output-format openai-batch; not in record().
     response_body: Any = None
@@ -191,6 +197,14 @@ class Result:
             # Sent but the answer was lost (timeout, reset): the provider may have billed them.
             rec["unanswered_attempts"] = self.unanswered_attempts
         rec.update(self.extra)
+        if self.cached:
+            rec["cached"] = True
+            rec["saved_usd"] = self.saved_usd
+        # Last, in this order: a rerun reads them off the end of the line (files/rewrite.py).
+        if self.fingerprint is not None:
+            rec["fingerprint"] = self.fingerprint
+        if self.line_digest:
+            rec["line_digest"] = self.line_digest
         return rec
 
 
@@ -203,6 +217,15 @@ def _redacted(error: dict[str, Any] | None) -> dict[str, Any] | None:
     if not error or "message" not in error:
         return error
     return {**error, "message": redact_cut(str(error["message"]), ERROR_MESSAGE_CHARS)}
+
+
+class AnswerCache(Protocol):
+    """Answers known before dispatch (money/cache.py): the engine records a hit, never sends
+    it, and hands every completed answer to `store`."""
+
+    def lookup(self, req: Request) -> Result | None: ...
+
+    def store(self, req: Request, result: Result) -> None: ...
 
 
 @dataclass(slots=True)
@@ -223,6 +246,7 @@ class Tally:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0
+    cached: int = 0  # answered from --cache
     started: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -232,6 +256,11 @@ class Tally:
 
     def count(self, result: Result) -> None:
         """Add one finished request's figures."""
+        if result.cached:
+            # Answered from --cache: done, but no tokens were used and nothing was paid.
+            self.completed += 1
+            self.cached += 1
+            return
         if result.status == "completed":
             self.completed += 1
         else:

@@ -23,6 +23,7 @@ from .errors import UsageError
 from .files.journal import Journal, open_for_resume
 from .files.output import check_output, output_lock, same_file
 from .files.reader import Done, FileSource, ScanStopped, StreamSource
+from .files.rewrite import Resumed, dry_run, resume
 from .files.rows import parser_for
 from .live.client import ApiClient
 from .live.endpoints import EndpointSpec
@@ -31,6 +32,7 @@ from .live.feed import aiter_items, prioritized
 from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
+from .money.cache import answer_cache
 from .observe.progress import Reporter
 from .redact import redact, register
 
@@ -136,6 +138,8 @@ async def _execute(cfg: RunConfig, on_ready: Callable[[Engine], None] | None) ->
             if not cfg.quiet:
                 print(f"burstq: warning: {msg}", file=sys.stderr)
 
+    if cfg.dry_run:
+        return await asyncio.to_thread(_dry_run, cfg, started)
     out_path = None if cfg.output == "-" else Path(cfg.output)
     # A device or FIFO is only written to: no lock, no sidecar, nothing to resume.
     regular = out_path is not None and check_output(out_path)
@@ -242,6 +246,7 @@ async def _live(
         out_path = None  # records go to the device or FIFO, nothing is resumed from it
     done: Done | None = None
     done_ids: dict[int, str] | None = None
+    resumed: Resumed | None = None
     spent_before = 0.0
     formatter = None
     if cfg.output_format == "openai-batch":
@@ -269,13 +274,20 @@ async def _live(
             restart=cfg.restart,
             retry_failed=cfg.retry_failed,
         )
+    elif out_path is not None and src is not None:
+        # Resume, or an incremental rerun when INPUT or the options changed (files/rewrite.py);
+        # either way INPUT is scanned here, in a thread that Ctrl-C stops.
+        resumed = await asyncio.to_thread(resume, out_path, src, fingerprint, cfg.job, stop.stopped)
+        state = resumed.state
+        if resumed.plan.incremental and not cfg.quiet:
+            print(resumed.plan.line(), file=sys.stderr)
     elif out_path is not None:
         state = open_for_resume(
             out_path,
             fingerprint,
             restart=cfg.restart,
             retry_failed=cfg.retry_failed,
-            keep_ids=in_path is None,
+            keep_ids=True,
         )
     if out_path is not None:
         done_ids = state.ids
@@ -308,7 +320,8 @@ async def _live(
     )
     mode = _reporter_mode(cfg)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
-    items, counts = await _source(cfg, src, done, done_ids, tally, stop)
+    items, counts = await _source(cfg, src, done, done_ids, tally, stop, resumed)
+    cache = answer_cache(cfg, [spec.base_url for spec in specs])
     try:
         async with contextlib.AsyncExitStack() as stack:
             multi = len(specs) > 1
@@ -335,6 +348,7 @@ async def _live(
                 budget=budget,
                 tally=tally,
                 formatter=formatter,
+                cache=cache,
             )
             metrics, metrics_task = _metrics(cfg, engine, tally, router, warn)
             stop.engine = engine
@@ -362,6 +376,8 @@ async def _live(
                     warn(msg)
     finally:
         journal.close()
+        if cache is not None:
+            cache.close()
         for pacer in shared:
             await pacer.aclose()
         if redis_client is not None:
@@ -382,6 +398,17 @@ def _redis(cfg: RunConfig) -> Any:
     from .live.shared import connect
 
     return connect(cfg.limiter)
+
+
+def _dry_run(cfg: RunConfig, started: float) -> RunReport:
+    """--dry-run: what a run would keep, drop and send; nothing is sent or written."""
+    if cfg.input == "-" or cfg.output == "-" or cfg.via == "batch":
+        raise UsageError("--dry-run needs an INPUT file and an OUTPUT file, and --via direct")
+    if cfg.output_format != "burstq":
+        raise UsageError("--dry-run reads burstq records: not with --output-format")
+    plan, total = dry_run(cfg.job)
+    tally = Tally(total=total, skipped=plan.kept)
+    return RunReport(RunOutcome("done", tally), time.monotonic() - started, plan.line())
 
 
 def _shared_pacer(
@@ -556,12 +583,16 @@ async def _source(
     done_ids: dict[int, str] | None,
     tally: Tally,
     stop: _Stop,
+    resumed: Resumed | None = None,
 ) -> tuple[AsyncIterator[Request | InvalidLine], FileSource | StreamSource]:
     if src is None:
         stream = StreamSource(sys.stdin.buffer, cfg.model, parser_for(cfg.job), shard=cfg.shard)
         return prioritized(stream.items(done, done_ids), window=cfg.stdin_window), stream
     invalid: list[InvalidLine] = []
-    await asyncio.to_thread(src.scan, done, invalid.append, stop.stopped)
+    if resumed is not None:  # files/rewrite.py scanned it already, pairing as it went
+        invalid = resumed.invalid
+    else:
+        await asyncio.to_thread(src.scan, done, invalid.append, stop.stopped)
     tally.total = src.total
     return _chain(invalid, src.requests()), src
 

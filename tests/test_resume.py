@@ -215,32 +215,31 @@ def test_finished_run_rerun_sends_nothing(tmp_path: Path, server) -> None:
     assert out.read_bytes() == before
 
 
-def test_changed_input_is_refused(tmp_path: Path, server) -> None:
+def test_changed_input_is_an_incremental_rerun(tmp_path: Path, server) -> None:
+    # Issue 15: no longer refused; only the new line is sent (tests/test_incremental.py has more).
     srv = server()
     inp = write_jsonl(tmp_path / "in.jsonl", rows(20))
     out = tmp_path / "out.jsonl"
     assert run_cli(run_args(srv, inp, out)).exit_code == 0
-    before = out.read_bytes()
     write_jsonl(inp, rows(21))  # one more line
     res = run_cli(run_args(srv, inp, out))
-    assert res.exit_code == 2
-    assert (
-        f"Error: {out} was written from a different input ({inp}, since changed or "
-        "replaced). Use --restart to start over, or another -o OUTPUT." in res.stderr
-    )
-    assert settled(srv)["requests_total"] == 20
-    assert out.read_bytes() == before
+    assert res.exit_code == 0, res.output
+    assert "kept 20, dropped 0, to send 1" in res.stderr
+    assert settled(srv)["requests_total"] == 21
+    assert sorted(r["line"] for r in read_jsonl(out)) == list(range(1, 22))
 
 
-def test_changed_model_is_refused(tmp_path: Path, server) -> None:
+def test_changed_output_format_is_refused(tmp_path: Path, server) -> None:
     srv = server()
     inp = write_jsonl(tmp_path / "in.jsonl", rows(5))
     out = tmp_path / "out.jsonl"
     assert run_cli(run_args(srv, inp, out)).exit_code == 0
-    res = run_cli(run_args(srv, inp, out, "--model", "gpt-4o"))
+    before = out.read_bytes()
+    res = run_cli(run_args(srv, inp, out, "--output-format", "openai-batch"))
     assert res.exit_code == 2
-    assert "other request options (model: 'gpt-4o-mini' -> 'gpt-4o')" in res.stderr
+    assert "other request options (output_format: None -> 'openai-batch')" in res.stderr
     assert settled(srv)["requests_total"] == 5
+    assert out.read_bytes() == before
 
 
 def test_restart_starts_over(tmp_path: Path, server) -> None:

@@ -46,9 +46,15 @@ def test_csv_edge_cases_render_exactly_and_keep_file_lines(tmp_path: Path, serve
     before = settled(srv)["requests_total"]
     assert run_cli(run_args(srv, inp, out, "--prompt", "[{{ text }}] ({{ note }}) #{{ row.id }}"))
     assert settled(srv)["requests_total"] == before
-    # Another template is another job: refused, not mixed in.
-    res = run_cli(run_args(srv, inp, out, "--prompt", "{{ text }}"))
-    assert res.exit_code == 2 and "other request options" in res.output
+    # Another template renders other requests: an incremental rerun (issue 15) sends them all.
+    before = settled(srv)["requests_total"]
+    res = run_cli(run_args(srv, inp, out, "--prompt", "{{ text }}", "--progress", "plain"))
+    assert "kept 0, dropped 5, to send 4 (1 invalid lines recorded, not sent)" in res.output
+    assert settled(srv)["requests_total"] == before + 4
+    recs = {r["request_id"]: r for r in read_jsonl(out)}
+    assert sorted(recs) == ["a1", "a2", "a3", "a4", "a5"]
+    assert recs["a1"]["output"] == "echo: Good, solid, cheap"
+    assert recs["a5"]["error"]["type"] == "invalid_request"  # rendered empty: no call
 
 
 def test_tsv_and_row_number_ids(tmp_path: Path, server) -> None:

@@ -354,8 +354,10 @@ def test_shape_is_the_documented_contract(file_a: Path) -> None:
         "time",
         "histogram",
         "timeline",
+        "cache",
     }
     assert s["endpoints"] == {}  # records of a run without --endpoints name none
+    assert s["cache"] == {"cached": 0, "saved_usd": None}
     assert set(s["latency_ms"]) == {"method", "count", "p50", "p90", "p99", "max", "mean"}
     assert set(s["attempts"]) == {"total", "retries", "unanswered"}
     assert set(s["tokens"]) == {"prompt", "completion", "total"}

@@ -349,3 +349,27 @@ MaxResponseBytesOpt = Annotated[
         "failed record (response_too_large), not a memory spike.",
     ),
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("dry_run"),
+        help="Print what the run would keep, drop and send (an incremental rerun's plan), "
+        "then exit 0: nothing is sent and no file is changed.",
+    ),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=_env("cache"),
+        help="SQLite answer cache, shared by runs and processes: a request answered before "
+        "(same fingerprint, same provider) is recorded from it with cached: true, no call.",
+    ),
+]
+CacheDeterministicOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("cache_deterministic_only"),
+        help="With --cache: cache only embeddings and requests with temperature 0 "
+        "(default: every completed answer, sampled ones too).",
+    ),
+]

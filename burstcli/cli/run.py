@@ -17,8 +17,11 @@ from .options import (
     BatchPollOpt,
     BatchSizeOpt,
     BudgetMaxTokensOpt,
+    CacheDeterministicOnlyOpt,
+    CacheOpt,
     CompletionWindowOpt,
     ConcurrencyOpt,
+    DryRunOpt,
     EndpointsOpt,
     FailOnErrorRateOpt,
     FallbackModelOpt,
@@ -125,12 +128,16 @@ def run(
     input_format: InputFormatOpt = None,
     max_response_bytes: MaxResponseBytesOpt = 32 * 1024 * 1024,
     endpoints: EndpointsOpt = None,
+    dry_run: DryRunOpt = False,
+    cache: CacheOpt = None,
+    cache_deterministic_only: CacheDeterministicOnlyOpt = False,
 ) -> None:
     """Process a request file (or data rows through a prompt template): every line or row
     gets exactly one record in OUTPUT.
 
     Rerun the same command after any interruption to resume; finished requests are never
-    sent again.
+    sent again. After INPUT or the request options changed, a rerun is incremental: records
+    whose request is unchanged are kept, only new and changed requests are sent.
 
     Example:
 
@@ -143,6 +150,8 @@ def run(
         burstq run big.jsonl -o out-0.jsonl --shard 0/4 --limiter redis://redis:6379/0 --rpm 5000
         burstq run samples/reviews.csv -o labels.jsonl --template samples/reviews.toml --simulate
         burstq run requests.jsonl -o out.jsonl --endpoints samples/endpoints.toml
+        burstq run today.jsonl -o today.responses.jsonl --dry-run
+        burstq run evals.jsonl -o evals.out.jsonl --cache ~/.cache/burstq.db
     """
     from ..config import RunConfig, Shard
     from ..files.output import check_input
@@ -180,6 +189,10 @@ def run(
         raise UsageError(f"--output-format must be burstq or openai-batch, not {output_format!r}")
     if input != "-":
         check_input(Path(input))
+    if cache_deterministic_only and cache is None:
+        raise UsageError("--cache-deterministic-only needs --cache PATH")
+    if cache is not None and output_format != "burstq":
+        raise UsageError("--cache writes burstq records: not with --output-format openai-batch")
     if output == "-" and (retry_failed or restart):
         raise UsageError("--retry-failed and --restart need an OUTPUT file")
     cfg = RunConfig(
@@ -222,9 +235,15 @@ def run(
         task=task,
         max_response_bytes=max_response_bytes,
         endpoints=endpoints,
+        dry_run=dry_run,
+        cache=cache,
+        cache_deterministic_only=cache_deterministic_only,
     )
     report = execute(cfg)
     outcome = report.outcome
+    if dry_run:
+        err(report.summary)
+        raise typer.Exit(0)
     if not quiet:
         err(report.summary)
     if outcome.error is not None:

@@ -180,6 +180,29 @@ def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -
         )
 
 
+def changed_since(output: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether OUTPUT (non-empty, with its sidecar) was written from another input or with
+    other request-shaping options: the case for an incremental rerun (files/rewrite.py).
+    A change of output format or of shard is not: those records cannot be paired, or belong
+    to another job (another shard's lines), so it stays refused."""
+    if not output.exists() or output.stat().st_size == 0:
+        return False
+    old = read_sidecar(sidecar_path(output))
+    if old is None:
+        return False
+    old_shape, new_shape = old.get("shaping", {}), fingerprint.get("shaping", {})
+    for key in ("output_format", "shard"):
+        if old_shape.get(key) != new_shape.get(key):
+            return False  # open_for_resume refuses it
+    old_sha, new_sha = old.get("input_sha256"), fingerprint.get("input_sha256")
+    return bool(old_sha and new_sha and old_sha != new_sha) or old_shape != new_shape
+
+
+def intact_length(output: Path) -> int:
+    """Bytes of an OUTPUT proven ours (its sidecar) before a torn last line. Reads only."""
+    return _intact_length(output, output.stat().st_size, proven=True)
+
+
 @dataclass(frozen=True, slots=True)
 class RecordShape:
     """How to read one line of OUTPUT when resuming: `take(rec)` registers a kept record
@@ -199,13 +222,15 @@ def open_for_resume(
     retry_failed: bool = False,
     keep_ids: bool = False,
     shape: RecordShape | None = None,
+    dry_run: bool = False,
 ) -> ResumeState:
     """Check OUTPUT belongs to this job, repair a torn tail, and find what is already done.
 
     By default OUTPUT holds burstq records, found done by their line number; another `shape`
     (formats.py's Batch API lines) registers its records itself. Nothing is modified (cut,
     rewritten or deleted) before OUTPUT is proven burstq's: its sidecar matches, or every
-    complete line is a record of the shape. Anything else is refused untouched.
+    complete line is a record of the shape. Anything else is refused untouched. `dry_run`
+    changes nothing at all (--restart is only counted as a fresh start).
     """
     side = sidecar_path(output)
     old = read_sidecar(side)
@@ -213,20 +238,22 @@ def open_for_resume(
     if restart:
         if size and old is None:
             _prove_ours(output)
-        for p in (output, side):
-            p.unlink(missing_ok=True)
+        if not dry_run:
+            for p in (output, side):
+                p.unlink(missing_ok=True)
         old, size = None, 0
     state = ResumeState(ids={} if keep_ids else None)
     if size > 0:
         if old is not None:
             _check_fingerprint(output, old, fingerprint)
         keep = _intact_length(output, size, proven=old is not None)
-        _scan(output, state, retry_failed, shape or _burstq_shape(state), keep)
-        if keep < size and output.stat().st_size > keep:
+        _scan(output, state, retry_failed, shape or _burstq_shape(state), keep, dry_run=dry_run)
+        if keep < size and output.stat().st_size > keep and not dry_run:
             with output.open("rb+") as f:
                 f.truncate(keep)
         state.repaired_bytes = size - keep
-    write_sidecar(output, fingerprint)
+    if not dry_run:
+        write_sidecar(output, fingerprint)
     return state
 
 
@@ -304,13 +331,19 @@ def _intact_length(output: Path, size: int, *, proven: bool) -> int:
 
 
 def _scan(
-    output: Path, state: ResumeState, retry_failed: bool, shape: RecordShape, limit: int
+    output: Path,
+    state: ResumeState,
+    retry_failed: bool,
+    shape: RecordShape,
+    limit: int,
+    *,
+    dry_run: bool = False,
 ) -> None:
     # Reads the first `limit` bytes only (a torn tail is not read); with --retry-failed the
     # kept records stream into a temporary file that atomically replaces OUTPUT.
     kept = None
     tmp = ""
-    if retry_failed:
+    if retry_failed and not dry_run:
         fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=output.name + ".", suffix=".tmp")
         kept = os.fdopen(fd, "wb")
     try:

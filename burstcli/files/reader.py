@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import re
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -26,6 +25,11 @@ from pydantic import ValidationError
 from ..config import Shard
 from ..errors import InputError, ResumeMismatch
 from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
+from .fingerprint import line_digest
+from .tables import Done as Done  # re-exported: callers import these from here
+from .tables import IdSet as IdSet
+from .tables import Pairing as Pairing
+from .tables import count_lines as count_lines
 
 OnInvalid = Callable[[InvalidLine], None]
 ShouldStop = Callable[[], bool]
@@ -318,86 +322,6 @@ def make_request(
     )
 
 
-class IdSet:
-    """Set of request ids in about 11 bytes an id: open addressing over 64-bit digests.
-
-    A million ids as Python strings in a set cost ~100 MB; this keeps memory flat. Digests are
-    blake2b, so a false "duplicate" needs a 64-bit collision. The table is sized for a load
-    of at most 0.75 (not a power of two: a 1M-id table is 10.7 MB instead of 16.8 MB).
-    """
-
-    LOAD = 0.75
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self._alloc(max(1024, int(capacity / self.LOAD) + 1))
-        self._count = 0
-
-    def _alloc(self, size: int) -> None:
-        self._slots = array("Q", bytes(8 * size))
-        self._size = size
-        self._limit = int(size * self.LOAD)
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, rid: str) -> bool:
-        """Add an id; False when it was already there."""
-        h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little") or 1
-        if self._insert(h):
-            self._count += 1
-            if self._count > self._limit:
-                old = self._slots
-                self._alloc(self._size * 2)
-                for x in old:
-                    if x:
-                        self._insert(x)
-            return True
-        return False
-
-    def _insert(self, h: int) -> bool:
-        slots, size = self._slots, self._size
-        i = h % size
-        while True:
-            cur = slots[i]
-            if cur == 0:
-                slots[i] = h
-                return True
-            if cur == h:
-                return False
-            i += 1
-            if i == size:
-                i = 0
-
-
-class Done:
-    """Which lines already have a record in OUTPUT: a bitmap, one bit per line."""
-
-    def __init__(self) -> None:
-        self._bits = bytearray()
-        self.count = 0
-
-    def add(self, line: int) -> None:
-        byte = line >> 3
-        if byte >= len(self._bits):
-            self._bits.extend(bytes(byte + 1 - len(self._bits) + 4096))
-        bit = 1 << (line & 7)
-        if not self._bits[byte] & bit:
-            self._bits[byte] |= bit
-            self.count += 1
-
-    def __contains__(self, line: int) -> bool:
-        byte = line >> 3
-        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (line & 7)))
-
-
-def count_lines(path: Path) -> int:
-    n = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-    return n + 1
-
-
 def _stamp(st: os.stat_result) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
@@ -418,11 +342,14 @@ class FileSource:
         parser: Parser | None = None,
         *,
         shard: Shard | None = None,
+        salt: bytes = b"",
     ) -> None:
         self.path = path
         self.default_model = default_model
         self.parser: Parser = parser or LineParser(default_model)
         self.shard = shard
+        # fingerprint.salt(shaping): request lines sent carry their raw line's digest.
+        self.salt = salt
         self.total = 0  # requests in the file (valid or not)
         self.pending = 0  # valid requests not yet done
         self.done = 0  # requests that already have a record
@@ -463,6 +390,10 @@ class FileSource:
         with self.open() as f:
             yield self.parser.entries(f)
 
+    def entries(self) -> contextlib.AbstractContextManager[Iterator[tuple[int, Any]]]:
+        """(line, raw entry) pairs of the opened file: one more pass (files/rewrite.py)."""
+        return self._entries()
+
     def check_unchanged(self) -> None:
         """InputError if INPUT was changed in place since it was opened."""
         if self._fd is None:
@@ -493,9 +424,17 @@ class FileSource:
         return h.hexdigest()
 
     def scan(
-        self, done: Done | None, on_invalid: OnInvalid, should_stop: ShouldStop | None = None
+        self,
+        done: Done | None,
+        on_invalid: OnInvalid,
+        should_stop: ShouldStop | None = None,
+        pairing: Pairing | None = None,
     ) -> None:
-        """Validate every entry not yet done; invalid ones go to `on_invalid` (once each)."""
+        """Validate every entry not yet done; invalid ones go to `on_invalid` (once each).
+
+        `pairing` (an incremental rerun) says which entries already have a record, before or
+        after parsing them: those are done, not sent.
+        """
         # Sized for the entries still to read: a resume of a mostly done file stays small.
         hint = self.parser.size_hint(self.path)
         ids = IdSet(hint - (done.count if done is not None else 0))
@@ -516,6 +455,16 @@ class FileSource:
                     if isinstance(raw, bytes) and (rid := line_id(raw, line)) is not None:
                         ids.add(rid)
                     continue
+                if (
+                    pairing is not None
+                    and isinstance(raw, bytes)
+                    and (self.shard is None or self.shard.owns(line))
+                    and pairing.raw(line, raw, ids.add)
+                ):
+                    prio.append(0)
+                    self.total += 1
+                    self.done += 1
+                    continue
                 item = parse(raw, line)
                 if item is None:
                     prio.append(0)
@@ -533,6 +482,10 @@ class FileSource:
                     prio.append(0)
                     self.invalid += 1
                     on_invalid(item)
+                    continue
+                if pairing is not None and pairing.request(item):
+                    prio.append(0)
+                    self.done += 1
                     continue
                 prio.append(item.priority)
                 self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
@@ -553,6 +506,8 @@ class FileSource:
                     if line < len(prio) and prio[line] == level:
                         item = parse(raw, line, trusted=True)
                         if isinstance(item, Request):
+                            if self.salt and isinstance(raw, bytes):
+                                item.line_digest = f"{line_digest(self.salt, raw):016x}"
                             yield item
             # A truncated file ends a pass early: that must not pass for the end of the job.
             self.check_unchanged()

@@ -19,10 +19,12 @@ from typing import Any
 import orjson
 
 from ..errors import FatalProviderError, OutputError
+from ..files import fingerprint
 from ..files.answers import clean_usage, extract_output, finish_reason
 from ..files.journal import Journal
 from ..files.schema import OutputProblem, Validators
 from ..models import (
+    AnswerCache,
     InvalidLine,
     Request,
     Result,
@@ -75,6 +77,7 @@ class Engine:
         tally: Tally | None = None,
         rng: random.Random | None = None,
         formatter: Callable[[Result], dict[str, Any]] | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.router = router
         self.journal = journal
@@ -82,6 +85,7 @@ class Engine:
         self.price = price
         self.budget = budget
         self.tally = tally or Tally()
+        self.cache = cache
         self.listeners: list[Callable[[Result], None]] = []
         self._format = formatter or Result.record
         self._rng = rng or random.Random()
@@ -176,6 +180,10 @@ class Engine:
                 router.release(ep)
                 self._record(invalid_result(item))
                 continue
+            if self.cache is not None and (hit := self.cache.lookup(item)) is not None:
+                router.release(ep)  # answered without a call: no budget, no rate limit
+                self._record(hit)
+                continue
             held = 0.0
             if self.budget is not None:
                 amount = self.budget.reserve(item)
@@ -214,6 +222,8 @@ class Engine:
                 )
             cost = result.cost_usd
             self._record(result)
+            if self.cache is not None:
+                self.cache.store(req, result)
         except _Fatal as exc:
             self._fail_run(exc.err)
         finally:
@@ -512,6 +522,8 @@ class Engine:
             truncated=truncated,
             unanswered_attempts=unanswered,
             finish_reason=finish_reason(data) if req.endpoint == "chat" else None,
+            fingerprint=fingerprint.of(req),
+            line_digest=req.line_digest,
             response_body=data,
             response_status=200,
             response_request_id=headers.get("x-request-id"),
@@ -540,6 +552,8 @@ class Engine:
             metadata=req.metadata,
             finished_at=now_iso(),
             unanswered_attempts=unanswered,
+            fingerprint=fingerprint.of(req),
+            line_digest=req.line_digest,
             response_body=err.body,
             response_status=err.status_code or 0,
             response_request_id=err.headers.get("x-request-id"),

@@ -210,6 +210,8 @@ class Reporter:
         parts = [f"{t.completed} completed", f"{t.failed} failed"]
         if t.skipped:
             parts.append(f"{t.skipped} already done")
+        if t.cached:
+            parts.append(f"{t.cached} from the cache")
         parts += [
             f"{t.attempts} attempts ({t.retries} retries, {t.rate_limited} rate-limited)",
             f"{t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion tokens",

@@ -41,6 +41,9 @@ or remove them.
                      "tokens": {"prompt": 0, "completion": 0, "total": 0}, "cost_usd": 0.01,
                      "latency_p50_ms": 700.0, "errors": {"timeout": 2}}
       },
+      "cache": {"cached": 40, "saved_usd": 0.004},   # records answered from --cache (cost_usd
+                                     # 0) and what those answers cost when bought (null if
+                                     # none was priced)
       "time": {
         "first_finished_at": "2026-11-27T10:00:00.123Z",   # as written in the record
         "last_finished_at": "2026-11-27T10:04:00.456Z",
@@ -280,9 +283,16 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
     times: list[tuple[float, bool]] = []
     first: tuple[float, str] | None = None
     last: tuple[float, str] | None = None
+    cached = 0
+    saved: float | None = None
 
     for rec in _read(paths):
         records += 1
+        if rec.get("cached") is True:
+            cached += 1
+            was = _num(rec.get("saved_usd"))
+            if was is not None:
+                saved = (saved or 0.0) + was
         st = rec.get("status")
         st = st if isinstance(st, str) else "unknown"
         status[st] = status.get(st, 0) + 1
@@ -396,6 +406,7 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             name: e.summary()
             for name, e in sorted(endpoints.items(), key=lambda kv: (-kv[1].count, kv[0]))
         },
+        "cache": {"cached": cached, "saved_usd": saved},
         "time": {
             "first_finished_at": first[1] if first else None,
             "last_finished_at": last[1] if last else None,

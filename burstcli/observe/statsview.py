@@ -111,6 +111,12 @@ def _summary(stats: dict[str, Any]) -> Table:
     if cost["unpriced_completed"]:
         priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
     table.add_row("Cost", priced)
+    cache = stats.get("cache") or {}
+    if cache.get("cached"):
+        table.add_row(
+            "From cache",
+            f"{cache['cached']:,} answers, saved {_money(cache['saved_usd'])} (cost_usd 0)",
+        )
     if att["unanswered"]:
         worst = (
             f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
