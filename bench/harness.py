@@ -113,15 +113,20 @@ def _start_server(cmd: list[str], workdir: Path, name: str) -> Server:
 
 @contextmanager
 def mock_server(
-    workdir: Path, *, latency: float = 0.0, rpm: int | None = None, tpm: int | None = None
+    workdir: Path,
+    *,
+    latency: float = 0.0,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    extra: Sequence[str] = (),
 ) -> Iterator[Server]:
     """The project's own mock server (`burstq mock-server`), in its own process."""
-    cmd = [*burstq_cmd(), "mock-server", "--port", "0", "--latency", str(latency)]
+    cmd = [*burstq_cmd(), "mock-server", "--port", "0", "--latency", str(latency), *extra]
     if rpm:
         cmd += ["--rpm", str(rpm)]
     if tpm:
         cmd += ["--tpm", str(tpm)]
-    srv = _start_server(cmd, workdir, f"mock-l{latency}-r{rpm}")
+    srv = _start_server(cmd, workdir, f"mock-l{latency}-r{rpm}{'-'.join(['', *extra])}")
     try:
         yield srv
     finally:

@@ -1,4 +1,5 @@
-"""The six scenarios of issue 7, each measured against a baseline taken in the same run.
+"""The six scenarios of issue 7 (and issue 13's self-hosted one, in selfhosted.py), each
+measured against a baseline taken in the same run.
 
 A scenario is a function `(ctx) -> None` that calls `ctx.add(Figure(...))` for every figure it
 measures; `SCENARIOS` maps the names `--only` accepts to them, in issue order. Sizes come from
@@ -651,6 +652,8 @@ def endpoints(ctx: Context) -> None:
     )
 
 
+from .selfhosted import selfhosted  # noqa: E402  (scenario 7 lives in its own module)
+
 SCENARIOS: dict[str, Callable[[Context], None]] = {
     "ratelimit": ratelimit,
     "overhead": overhead,
@@ -658,6 +661,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "memory": memory,
     "startup": startup,
     "resume": resume,
+    "selfhosted": selfhosted,
 }
 
 

@@ -124,6 +124,8 @@ class JobSpec:
     stdin_window: int = 10_000
     shard: Shard | None = None
     task: RowTask | None = None  # INPUT is data rows (None: request lines)
+    max_tokens: int | None = None  # --max-tokens: for chat lines that set none
+    params: dict[str, Any] = field(default_factory=dict)  # --param: for chat lines without
 
     def shaping(self) -> dict[str, Any]:
         """Options that change what is sent: a resume with other values would mix two jobs."""
@@ -134,7 +136,23 @@ class JobSpec:
             shape["shard"] = str(self.shard)  # another shard's output is another job
         if self.task is not None:
             shape["task"] = self.task.shaping()
+        # Only when set, so outputs written before these options existed still resume.
+        if self.max_tokens is not None:
+            shape["max_tokens"] = self.max_tokens
+        if self.params:
+            shape["params"] = dict(sorted(self.params.items()))
         return shape
+
+    def apply_defaults(self, body: dict[str, Any]) -> int | None:
+        """Fill a chat body's unset options from --max-tokens / --param; its max_tokens."""
+        for key, value in self.params.items():
+            body.setdefault(key, value)
+        if self.max_tokens is not None and not (
+            body.get("max_tokens") or body.get("max_completion_tokens")
+        ):
+            body["max_tokens"] = self.max_tokens
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +220,8 @@ class RunConfig:
     dry_run: bool = False  # print what the run would keep, drop and send; send nothing
     cache: Path | None = None  # the SQLite answer cache (money/cache.py)
     cache_deterministic_only: bool = False
+    max_tokens: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def provider(self) -> ProviderSpec:
@@ -221,6 +241,8 @@ class RunConfig:
             stdin_window=self.stdin_window,
             shard=self.shard,
             task=self.task,
+            max_tokens=self.max_tokens,
+            params=dict(self.params),
         )
 
     @property

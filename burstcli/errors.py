@@ -53,6 +53,11 @@ STOPPED = (
 )
 
 
+def missing_file(path: object) -> InputError:
+    """The one wording, in every command, for a file that is not there."""
+    return InputError(f"cannot read {path}: no such file")
+
+
 class FatalProviderError(BurstError):
     def __init__(self, kind: str, message: str, advice: str = STOPPED) -> None:
         super().__init__(message)

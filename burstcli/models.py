@@ -79,6 +79,33 @@ class BatchLine(BaseModel):
     body: BatchBody
 
 
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def response_format_problem(body: dict[str, Any], where: str) -> str | None:
+    """What is wrong with `body`'s response_format, as OpenAI documents it; None when it is
+    fine or absent. Only the shape: {"type": "text" | "json_object"} or {"type": "json_schema",
+    "json_schema": {"name": ..., "schema": {...}}}; the schema itself is checked elsewhere."""
+    if "response_format" not in body:
+        return None
+    value, where = body["response_format"], f"{where}.response_format"
+    if not isinstance(value, dict):
+        return f'{where}: must be an object such as {{"type": "json_object"}}'
+    kind = value.get("type")
+    if kind not in RESPONSE_FORMAT_TYPES:
+        return f"{where}.type: must be text, json_object or json_schema, not {kind!r}"
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            return (
+                f"{where}.json_schema.schema: missing (type json_schema needs "
+                '{"json_schema": {"name": "...", "schema": {...}}})'
+            )
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            return f"{where}.json_schema.name: missing (a name for the schema is required)"
+    return None
+
+
 @dataclass(slots=True)
 class Request:
     """One valid request, ready to send (the model is added per attempt: fallbacks change it)."""
@@ -247,6 +274,8 @@ class Tally:
     cost_usd: float = 0.0
     unpriced: int = 0
     cached: int = 0  # answered from --cache
+    cut_at_length: int = 0  # completed answers whose finish_reason is "length" (max_tokens)
+    recorded_attempts: int = 0  # attempts of the requests that got a record in this run
     started: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -256,6 +285,7 @@ class Tally:
 
     def count(self, result: Result) -> None:
         """Add one finished request's figures."""
+        self.recorded_attempts += result.attempts
         if result.cached:
             # Answered from --cache: done, but no tokens were used and nothing was paid.
             self.completed += 1
@@ -263,6 +293,8 @@ class Tally:
             return
         if result.status == "completed":
             self.completed += 1
+            if result.finish_reason == "length":
+                self.cut_at_length += 1
         else:
             self.failed += 1
             etype = (result.error or {}).get("type", "unknown")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import OPENAI_BASE_URL, LimitSpec, ProviderSpec, RunConfig
 from .errors import UsageError
-from .files.journal import Journal, open_for_resume
+from .files.journal import Journal, add_unrecorded, open_for_resume
 from .files.output import check_output, output_lock, same_file
 from .files.reader import Done, FileSource, ScanStopped, StreamSource
 from .files.rewrite import Resumed, dry_run, resume
@@ -28,7 +28,7 @@ from .files.rows import parser_for
 from .live.client import ApiClient
 from .live.endpoints import EndpointSpec
 from .live.engine import Engine, EngineConfig
-from .live.feed import aiter_items, prioritized
+from .live.feed import chain, prioritized, with_defaults
 from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
@@ -349,7 +349,10 @@ async def _live(
                 tally=tally,
                 formatter=formatter,
                 cache=cache,
+                warn=warn,
             )
+            if cfg.max_tokens is not None or cfg.params:
+                items = with_defaults(cfg.job, items)
             metrics, metrics_task = _metrics(cfg, engine, tally, router, warn)
             stop.engine = engine
             if on_ready is not None:
@@ -382,6 +385,8 @@ async def _live(
             await pacer.aclose()
         if redis_client is not None:
             await redis_client.aclose()
+        if out_path is not None:  # attempts of requests cut off in flight (a Ctrl-C)
+            add_unrecorded(out_path, tally.attempts - tally.recorded_attempts)
     if outcome.reason == "done":
         # The last line of defence: whatever went wrong, a run that ends with input lines
         # lacking a record does not pass for a finished one (a rerun fills them in).
@@ -499,6 +504,7 @@ async def _endpoint(
         clock=clock,
         shared=pacer,
         backoff_base=cfg.backoff_base,
+        timeout=cfg.timeout,
     )
     # One endpoint keeps today's behaviour: retries with backoff, no breaker to route around.
     breaker = Breaker(spec.breaker_failures, spec.breaker_cooldown, clock, enabled=multi)
@@ -594,16 +600,7 @@ async def _source(
     else:
         await asyncio.to_thread(src.scan, done, invalid.append, stop.stopped)
     tally.total = src.total
-    return _chain(invalid, src.requests()), src
-
-
-async def _chain(
-    first: list[InvalidLine], then: Iterator[Request]
-) -> AsyncIterator[Request | InvalidLine]:
-    for item in first:
-        yield item
-    async for req in aiter_items(then):
-        yield req
+    return chain(invalid, src.requests()), src
 
 
 async def run_batch(

@@ -322,21 +322,23 @@ def test_told_limits_open_to_full_concurrency_on_first_success() -> None:
         assert lim.gate.limit == 50
 
 
-def test_unknown_ceiling_ramps_up_one_per_success() -> None:
+def test_header_ceiling_ramps_up_one_per_success() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, concurrency=14)
     seen = []
     for _ in range(7):
-        lim.on_success({}, 10, 10)
+        lim.on_success({"x-ratelimit-limit-requests": "6000"}, 10, 10)
         seen.append(lim.gate.limit)
-    # The first success opens TCP's initial window of 10, then one more per success.
+    # Headers tell a ceiling: the first success opens TCP's initial window of 10, then one
+    # more per success (no adaptive window: the provider's limits drive it).
     assert seen == [10, 11, 12, 13, 14, 14, 14]
+    assert not lim.snapshot().adaptive
 
 
 def test_small_concurrency_opens_in_full_on_first_success() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, concurrency=6)
-    lim.on_success({}, 10, 10)
+    lim.on_success({"x-ratelimit-limit-requests": "6000"}, 10, 10)
     assert lim.gate.limit == 6
 
 
@@ -591,10 +593,11 @@ def test_repeated_429s_never_slow_below_the_floor() -> None:
     assert lim.rate_limited == 100
 
 
-def test_rate_limited_halves_the_window_at_an_unknown_ceiling() -> None:
+def test_rate_limited_halves_the_window_at_a_learned_ceiling() -> None:
     vt = VirtualTime()
     lim = make_limits(vt, concurrency=40)
-    for _ in range(23):  # the initial window of 10, then one per success
+    lim.on_success({"x-ratelimit-limit-tokens": "10000000"}, 1, 1)
+    for _ in range(22):  # the initial window of 10, then one per success
         lim.on_success({}, 1, 1)
     assert lim.gate.limit == 32
     lim.on_rate_limited({}, 0.1)

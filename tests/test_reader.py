@@ -42,7 +42,7 @@ MSG = [{"role": "user", "content": "y"}]
     [
         (
             b"{not json",
-            "invalid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)",
+            "invalid JSON at column 2: unexpected character, expected a string key",
         ),
         ([1], "expected a JSON object, got list"),
         ("just text", "expected a JSON object, got str"),

@@ -249,7 +249,7 @@ def test_latency_of_completed_records(file_a: Path) -> None:
 def test_attempts_tokens(file_a: Path) -> None:
     s = compute([file_a])
     # attempts 1+3+1+2+1+6+0+2; retries 0+2+0+1+0+5+1 (r7 had none); unanswered 1+6+2
-    assert s["attempts"] == {"total": 16, "retries": 9, "unanswered": 9}
+    assert s["attempts"] == {"total": 16, "retries": 9, "unanswered": 9, "unrecorded": 0}
     assert s["tokens"] == {"prompt": 142, "completion": 73, "total": 215}
 
 
@@ -344,6 +344,7 @@ def test_shape_is_the_documented_contract(file_a: Path) -> None:
         "records",
         "status",
         "success_rate",
+        "cut_at_length",
         "latency_ms",
         "attempts",
         "tokens",
@@ -359,7 +360,7 @@ def test_shape_is_the_documented_contract(file_a: Path) -> None:
     assert s["endpoints"] == {}  # records of a run without --endpoints name none
     assert s["cache"] == {"cached": 0, "saved_usd": None}
     assert set(s["latency_ms"]) == {"method", "count", "p50", "p90", "p99", "max", "mean"}
-    assert set(s["attempts"]) == {"total", "retries", "unanswered"}
+    assert set(s["attempts"]) == {"total", "retries", "unanswered", "unrecorded"}
     assert set(s["tokens"]) == {"prompt", "completion", "total"}
     assert set(s["cost_usd"]) == {
         "total",
@@ -374,6 +375,7 @@ def test_shape_is_the_documented_contract(file_a: Path) -> None:
         "last_finished_at",
         "wall_seconds",
         "throughput_per_min",
+        "time_base",
     }
     assert set(s["timeline"]) == {"start", "bin_seconds", "counts", "failed"}
     for m in s["models"].values():
@@ -446,6 +448,7 @@ def test_empty_file(tmp_path: Path) -> None:
         "last_finished_at": None,
         "wall_seconds": None,
         "throughput_per_min": None,
+        "time_base": "records / (last - first finished_at)",
     }
     assert s["timeline"]["counts"] == []
     assert s["cost_usd"]["total"] == 0.0
@@ -543,8 +546,9 @@ def test_render_shows_every_section(file_a: Path, file_b: Path) -> None:
         "invalid_request",
         "timeout",
         "unknown",
-        "$0.036100",
+        "$0.0361",
         "no price",
+        "first to last finished_at",
     ):
         assert needle in text, needle
     assert "█" in text  # histogram bars and the sparkline peak

@@ -18,6 +18,62 @@ import typer
 from ..errors import BurstError
 from ..redact import redact
 
+# What to type, for options declared without a metavar (most have one, in options.py).
+_METAVARS = {
+    "prompt": "TEMPLATE",
+    "system": "TEXT",
+    "template": "FILE",
+    "schema": "SCHEMA",
+    "id_column": "COLUMN",
+    "input_format": "[csv|tsv|jsonl|parquet]",
+    "format": "[csv|tsv|jsonl|parquet]",
+    "input": "FILE",
+    "output": "FILE",
+    "key": "TEXT",
+    "limit_key": "NAME",
+    "limiter": "URL",
+    "max_response_bytes": "BYTES",
+    "max_wait": "SECONDS",
+    "shard": "I/N",
+}
+
+
+def _plain_arguments() -> None:
+    """Help names what to type, not Python types: Typer shows an argument as `{input}` in
+    the usage line and `input <list[Path]>` in its list, and an option without a metavar as
+    `--via <str>`. Arguments have no switch for it, so their two display methods are
+    replaced; an option without a metavar gets one from _METAVARS or its name."""
+    from typer.core import TyperArgument, TyperOption
+
+    original = TyperOption.display_type_rich
+
+    def option_metavar(self: TyperOption, ctx: Any) -> str | None:
+        if self.metavar is not None or self.is_flag or self.count:
+            return original(self, ctx)
+        name = str(self.name or "")
+        return _METAVARS.get(name, name.upper().rstrip("_"))
+
+    def arg_name(self: TyperArgument) -> str:
+        name = self.metavar or str(self.name or "").upper()
+        return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+    def usage_name(self: TyperArgument) -> str:
+        return arg_name(self) if self.required else f"[{arg_name(self)}]"
+
+    def no_type(self: TyperArgument, ctx: Any) -> str | None:
+        return None
+
+    if hasattr(TyperArgument, "_rich_display_name"):
+        TyperArgument._rich_display_name = arg_name  # type: ignore[method-assign]
+    if hasattr(TyperArgument, "_usage_display_name"):
+        TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+    TyperOption.display_type_rich = option_metavar  # type: ignore[method-assign]
+    if hasattr(TyperArgument, "display_type_rich"):
+        TyperArgument.display_type_rich = no_type  # type: ignore[method-assign,assignment]
+
+
+_plain_arguments()
+
 app = typer.Typer(
     name="burstq",
     help="Push files of LLM requests through OpenAI-compatible APIs as fast as the rate limits "

@@ -20,7 +20,9 @@ app.add_typer(batch_app, name="batch")
 @batch_app.command("status")
 @boundary
 def batch_status(
-    output: Annotated[Path, typer.Argument(help="OUTPUT of a `burstq run --via batch`.")],
+    output: Annotated[
+        Path, typer.Argument(metavar="OUTPUT", help="OUTPUT of a `burstq run --via batch`.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """What the run's state file knows about its batches (no API call).
@@ -32,9 +34,11 @@ def batch_status(
     import orjson
 
     from ..batch.jobs import describe_batches
-    from ..errors import InputError
+    from ..errors import InputError, missing_file
 
     info = describe_batches(output)
+    if info is None and not output.exists():
+        raise missing_file(output)
     if info is None:
         raise InputError(
             f"no batch state next to {output} (is it the OUTPUT of a `--via batch` run?)"
@@ -69,7 +73,9 @@ def batch_status(
 @batch_app.command("cancel")
 @boundary
 def batch_cancel(
-    output: Annotated[Path, typer.Argument(help="OUTPUT of a `burstq run --via batch`.")],
+    output: Annotated[
+        Path, typer.Argument(metavar="OUTPUT", help="OUTPUT of a `burstq run --via batch`.")
+    ],
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
 ) -> None:

@@ -50,7 +50,8 @@ def _parser(
 def validate(
     ctx: typer.Context,
     input: Annotated[
-        Path, typer.Argument(help="Request file (JSONL), or data rows with --prompt.")
+        Path,
+        typer.Argument(metavar="INPUT", help="Request file (JSONL), or data rows with --prompt."),
     ],
     model: ModelOpt = "gpt-4o-mini",
     prompt: PromptOpt = None,
@@ -90,25 +91,36 @@ def validate(
 def estimate(
     ctx: typer.Context,
     input: Annotated[
-        Path, typer.Argument(help="Request file (JSONL), or data rows with --prompt.")
+        Path,
+        typer.Argument(metavar="INPUT", help="Request file (JSONL), or data rows with --prompt."),
     ],
     model: ModelOpt = "gpt-4o-mini",
     rpm: Annotated[
         float | None,
-        typer.Option(envvar=_env("rpm"), min=0.001, help="Requests/minute you will run at."),
+        typer.Option(
+            envvar=_env("rpm"), metavar="N", min=0.001, help="Requests/minute you will run at."
+        ),
     ] = None,
     tpm: Annotated[
-        float | None, typer.Option(envvar=_env("tpm"), min=1, help="Tokens/minute you will run at.")
+        float | None,
+        typer.Option(envvar=_env("tpm"), metavar="N", min=1, help="Tokens/minute you will run at."),
     ] = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
-            envvar=_env("concurrency"), min=1, help="Requests in flight (with --latency)."
+            envvar=_env("concurrency"),
+            metavar="N",
+            min=1,
+            help="Requests in flight (with --latency).",
         ),
     ] = None,
     latency: Annotated[
         float,
-        typer.Option(min=0.001, help="Assumed seconds per request, for the concurrency bound."),
+        typer.Option(
+            min=0.001,
+            metavar="SECONDS",
+            help="Assumed seconds per request, for the concurrency bound.",
+        ),
     ] = 1.0,
     budget_max_tokens: BudgetMaxTokensOpt = 4096,
     prices: PricesOpt = None,
@@ -202,11 +214,11 @@ def _render_estimate(est: dict[str, Any]) -> None:
             "no price for: " + ", ".join(est["unpriced_models"]) + " (add them with --prices FILE)"
         )
     if est["min_duration_s"] is not None:
-        bounds = ", ".join(f"{k} {v:,.1f}s" for k, v in est["duration_bounds_s"].items())
-        out.print(
-            f"minimum duration: {est['min_duration_s']:,.1f}s, set by "
-            f"{est['binding_limit']} ({bounds})"
-        )
+        others = {k: v for k, v in est["duration_bounds_s"].items() if k != est["binding_limit"]}
+        line = f"minimum duration: {est['min_duration_s']:,.1f}s, set by {est['binding_limit']}"
+        if others:  # name the binding limit once; the others say how far behind they are
+            line += " (" + ", ".join(f"{k} {v:,.1f}s" for k, v in others.items()) + ")"
+        out.print(line)
     else:
         out.print("minimum duration: give --rpm, --tpm or --concurrency to bound it")
 
@@ -217,7 +229,8 @@ def stats(
     output: Annotated[
         list[Path],
         typer.Argument(
-            help="Output files of `burstq run` (JSONL); a file still being written is fine."
+            metavar="OUTPUT...",
+            help="Output files of `burstq run` (JSONL); a file still being written is fine.",
         ),
     ],
     as_json: Annotated[

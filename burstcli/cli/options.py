@@ -14,11 +14,13 @@ from .app import env as _env
 
 # Options several commands share, declared once so their names, variables and help agree.
 ModelOpt = Annotated[
-    str, typer.Option(envvar=_env("model"), help="Model for lines that name none.")
+    str,
+    typer.Option(envvar=_env("model"), metavar="MODEL", help="Model for lines that name none."),
 ]
 BaseUrlOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="URL",
         envvar=[_env("base_url"), "OPENAI_BASE_URL"],
         help="OpenAI-compatible API base URL (vLLM, llama.cpp, a proxy...).",
     ),
@@ -26,6 +28,7 @@ BaseUrlOpt = Annotated[
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="KEY",
         envvar=[_env("api_key"), "OPENAI_API_KEY"],
         show_default=False,
         help="API key (default: $OPENAI_API_KEY). Never written anywhere.",
@@ -34,6 +37,7 @@ ApiKeyOpt = Annotated[
 BudgetMaxTokensOpt = Annotated[
     int,
     typer.Option(
+        metavar="N",
         envvar=_env("budget_max_tokens"),
         min=1,
         help="Completion tokens reserved (for --max-cost) or assumed (by estimate) for a "
@@ -43,6 +47,7 @@ BudgetMaxTokensOpt = Annotated[
 PricesOpt = Annotated[
     Path | None,
     typer.Option(
+        metavar="FILE",
         envvar=_env("prices"),
         help="TOML or JSON file of per-model prices (USD per 1M tokens) that override or "
         "add to genai-prices.",
@@ -51,12 +56,15 @@ PricesOpt = Annotated[
 
 
 # `burstq run` options.
-InputArg = Annotated[str, typer.Argument(help="Request file (JSONL), or '-' for stdin.")]
+InputArg = Annotated[
+    str, typer.Argument(metavar="INPUT", help="Request file (JSONL), or '-' for stdin.")
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
         "--output",
         "-o",
+        metavar="FILE",
         envvar=_env("output"),
         help="Where records go (JSONL); '-' for stdout. Default: INPUT's name with "
         ".responses.jsonl (stdout when INPUT is '-').",
@@ -66,6 +74,7 @@ FallbackModelOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--fallback-model",
+        metavar="MODEL",
         envvar=_env("fallback_model"),
         help="Tried in order after the model's retries run out or it is not found. Repeatable.",
     ),
@@ -73,16 +82,18 @@ FallbackModelOpt = Annotated[
 ConcurrencyOpt = Annotated[
     int | None,
     typer.Option(
+        metavar="N",
         envvar=_env("concurrency"),
         min=1,
-        help="Most requests in flight at once [default: 50]. The first request goes alone; "
-        "a value you give opens in full after the first answer, the default ramps up "
-        "like TCP slow start.",
+        help="Most requests in flight at once: a fixed window, opened in full after the first "
+        "answer. Default: up to 50, learned: ramped up under the provider's x-ratelimit "
+        "headers, or, when the server sends none (vLLM, llama.cpp...), found from latency.",
     ),
 ]
 RpmOpt = Annotated[
     float | None,
     typer.Option(
+        metavar="N",
         envvar=_env("rpm"),
         min=0.001,
         help="Requests per minute, a hard ceiling spread evenly over the minute. "
@@ -92,6 +103,7 @@ RpmOpt = Annotated[
 TpmOpt = Annotated[
     float | None,
     typer.Option(
+        metavar="N",
         envvar=_env("tpm"),
         min=1,
         help="Tokens per minute, a hard ceiling (estimated as prompt chars/4 + max_tokens, "
@@ -101,17 +113,20 @@ TpmOpt = Annotated[
 MaxRetriesOpt = Annotated[
     int,
     typer.Option(
+        metavar="N",
         envvar=_env("max_retries"),
         min=0,
         help="Retries per model after the first attempt (429s do not use them up).",
     ),
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option(envvar=_env("timeout"), min=0.001, help="Seconds per attempt.")
+    float,
+    typer.Option(envvar=_env("timeout"), metavar="SECONDS", min=0.001, help="Seconds per attempt."),
 ]
 MaxCostOpt = Annotated[
     float | None,
     typer.Option(
+        metavar="USD",
         envvar=_env("max_cost"),
         min=0,
         help="Budget in USD, never crossed: stop dispatching before it, exit 3; rerun "
@@ -143,6 +158,7 @@ QuietOpt = Annotated[
 ProgressOpt = Annotated[
     str,
     typer.Option(
+        metavar="[auto|rich|plain|quiet]",
         envvar=_env("progress"),
         help="auto (rich on a terminal, a status line every few seconds otherwise), rich, "
         "plain or quiet.",
@@ -151,6 +167,7 @@ ProgressOpt = Annotated[
 PushgatewayOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="URL",
         envvar=_env("pushgateway"),
         help="Prometheus Pushgateway URL to push the run's metrics to at the end.",
     ),
@@ -158,6 +175,7 @@ PushgatewayOpt = Annotated[
 StatusEveryOpt = Annotated[
     float,
     typer.Option(
+        metavar="SECONDS",
         envvar=_env("status_every"),
         min=0.01,
         help="Seconds between plain status lines (when stderr is not a terminal).",
@@ -166,6 +184,7 @@ StatusEveryOpt = Annotated[
 MetricsFileOpt = Annotated[
     Path | None,
     typer.Option(
+        metavar="FILE",
         envvar=_env("metrics_file"),
         help="Prometheus text file for node_exporter's textfile collector.",
     ),
@@ -181,6 +200,7 @@ FsyncOpt = Annotated[
 GraceOpt = Annotated[
     float,
     typer.Option(
+        metavar="SECONDS",
         envvar=_env("grace"),
         min=0,
         help="Seconds in-flight requests get to finish after Ctrl-C / SIGTERM.",
@@ -189,6 +209,7 @@ GraceOpt = Annotated[
 MaxOutputCharsOpt = Annotated[
     int,
     typer.Option(
+        metavar="N",
         envvar=_env("max_output_chars"),
         min=1,
         help="Cap on each output's length (the record says 'truncated').",
@@ -197,6 +218,7 @@ MaxOutputCharsOpt = Annotated[
 BackoffBaseOpt = Annotated[
     float,
     typer.Option(
+        metavar="SECONDS",
         envvar=_env("backoff_base"),
         min=0,
         help="First retry waits up to this many seconds; doubles per retry (full jitter).",
@@ -205,6 +227,7 @@ BackoffBaseOpt = Annotated[
 ViaOpt = Annotated[
     str,
     typer.Option(
+        metavar="[direct|batch]",
         envvar=_env("via"),
         help="direct (live API calls) or batch (the provider's Batch API: half price, up to "
         "24 h; resumable like everything else).",
@@ -213,6 +236,7 @@ ViaOpt = Annotated[
 BatchSizeOpt = Annotated[
     int,
     typer.Option(
+        metavar="N",
         envvar=_env("batch_size"),
         min=1,
         max=50_000,
@@ -221,11 +245,16 @@ BatchSizeOpt = Annotated[
 ]
 CompletionWindowOpt = Annotated[
     str,
-    typer.Option(envvar=_env("completion_window"), help="--via batch: the batches' window."),
+    typer.Option(
+        envvar=_env("completion_window"),
+        metavar="WINDOW",
+        help="--via batch: the batches' window.",
+    ),
 ]
 BatchPollOpt = Annotated[
     float | None,
     typer.Option(
+        metavar="SECONDS",
         envvar=_env("batch_poll"),
         min=0.01,
         help="--via batch: seconds before the first status poll (then backing off to "
@@ -235,6 +264,7 @@ BatchPollOpt = Annotated[
 OutputFormatOpt = Annotated[
     str,
     typer.Option(
+        metavar="[burstq|openai-batch]",
         envvar=_env("output_format"),
         help="burstq (records as documented) or openai-batch (the Batch API's output "
         "lines: id, custom_id, response, error).",
@@ -249,9 +279,30 @@ EndpointsOpt = Annotated[
         "taken out of rotation. Replaces --base-url/--api-key/--rpm/--tpm.",
     ),
 ]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        envvar=_env("max_tokens"),
+        min=1,
+        metavar="N",
+        help="max_tokens for chat lines that set none (recommended for self-hosted servers: "
+        "without it a small model may generate thousands of tokens per answer).",
+    ),
+]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        envvar=_env("param"),
+        metavar="KEY=VALUE",
+        help="A request parameter for chat lines that set none; VALUE is JSON when it parses "
+        "(temperature=0, stop='[\"\\n\"]'), else text. Repeatable.",
+    ),
+]
 FailOnErrorRateOpt = Annotated[
     float | None,
     typer.Option(
+        metavar="FRACTION",
         envvar=_env("fail_on_error_rate"),
         min=0,
         max=1,

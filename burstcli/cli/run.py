@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -36,11 +37,13 @@ from .options import (
     MaxOutputCharsOpt,
     MaxResponseBytesOpt,
     MaxRetriesOpt,
+    MaxTokensOpt,
     MaxWaitOpt,
     MetricsFileOpt,
     ModelOpt,
     OutputFormatOpt,
     OutputOpt,
+    ParamOpt,
     PricesOpt,
     ProgressOpt,
     PromptOpt,
@@ -131,6 +134,8 @@ def run(
     dry_run: DryRunOpt = False,
     cache: CacheOpt = None,
     cache_deterministic_only: CacheDeterministicOnlyOpt = False,
+    max_tokens: MaxTokensOpt = None,
+    param: ParamOpt = None,
 ) -> None:
     """Process a request file (or data rows through a prompt template): every line or row
     gets exactly one record in OUTPUT.
@@ -152,6 +157,8 @@ def run(
         burstq run requests.jsonl -o out.jsonl --endpoints samples/endpoints.toml
         burstq run today.jsonl -o today.responses.jsonl --dry-run
         burstq run evals.jsonl -o evals.out.jsonl --cache ~/.cache/burstq.db
+
+        burstq run q.jsonl --base-url http://localhost:8080/v1 --max-tokens 256 --param seed=1
     """
     from ..config import RunConfig, Shard
     from ..files.output import check_input
@@ -193,6 +200,11 @@ def run(
         raise UsageError("--cache-deterministic-only needs --cache PATH")
     if cache is not None and output_format != "burstq":
         raise UsageError("--cache writes burstq records: not with --output-format openai-batch")
+    params = parse_params(param or [])
+    if via == "batch" and (max_tokens is not None or params):
+        raise UsageError(
+            "--max-tokens and --param apply to live runs; with --via batch set them in the lines"
+        )
     if output == "-" and (retry_failed or restart):
         raise UsageError("--retry-failed and --restart need an OUTPUT file")
     cfg = RunConfig(
@@ -238,6 +250,8 @@ def run(
         dry_run=dry_run,
         cache=cache,
         cache_deterministic_only=cache_deterministic_only,
+        max_tokens=max_tokens,
+        params=params,
     )
     report = execute(cfg)
     outcome = report.outcome
@@ -271,6 +285,28 @@ def run(
     if fail_on_error_rate is not None:
         raise typer.Exit(1 if total and failed / total > fail_on_error_rate else 0)
     raise typer.Exit(1 if failed else 0)
+
+
+_NOT_PARAMS = ("model", "messages", "input", "stream")
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """--param KEY=VALUE...: VALUE as JSON when it parses (0, true, [..]), else as text."""
+    import orjson
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--param wants KEY=VALUE, not {item!r}")
+        if key in _NOT_PARAMS:
+            raise UsageError(f"--param {key}: not a parameter (it is part of the request itself)")
+        try:
+            params[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            params[key] = raw
+    return params
 
 
 def _default_output(input: str) -> Path:

@@ -6,6 +6,18 @@ from typing import Any
 
 import orjson
 
+PER_TOKEN_WARNING = (
+    "{model} answered one embedding vector per token (shape [tokens, dim]), not one per "
+    "input: the server does not pool them (llama.cpp: start it with --pooling mean); records "
+    "keep what it sent"
+)
+
+
+def per_token_vectors(vectors: list[Any]) -> bool:
+    """Vectors of shape [tokens, dim] (a server without pooling, e.g. llama.cpp's default
+    for some models) instead of one [dim] vector per input."""
+    return any(isinstance(v, list) and bool(v) and isinstance(v[0], list) for v in vectors)
+
 
 def extract_output(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
     """(text, embedding vectors in input order) of a successful answer.

@@ -158,6 +158,31 @@ def write_sidecar(output: Path, fingerprint: dict[str, Any]) -> None:
         raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
 
 
+UNRECORDED = "unrecorded_attempts"
+
+
+def add_unrecorded(output: Path, attempts: int) -> None:
+    """Remember attempts of requests that were in flight when a run stopped: they have no
+    record (a rerun redoes them), but they were sent and may be billed, so stats counts them."""
+    side = sidecar_path(output)
+    if attempts <= 0 or not output.is_file():
+        return
+    data = read_sidecar(side) or {"version": SIDECAR_VERSION}
+    data[UNRECORDED] = int(data.get(UNRECORDED) or 0) + attempts
+    tmp = side.with_name(side.name + ".tmp")
+    try:
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        os.replace(tmp, side)
+    except OSError:
+        pass  # the records are safe; this is only a count
+
+
+def unrecorded_attempts(output: Path) -> int:
+    data = read_sidecar(sidecar_path(output)) or {}
+    value = data.get(UNRECORDED)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _check_fingerprint(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     if (
         old.get("input_sha256")
@@ -252,6 +277,8 @@ def open_for_resume(
             with output.open("rb+") as f:
                 f.truncate(keep)
         state.repaired_bytes = size - keep
+        if old is not None and old.get(UNRECORDED):
+            fingerprint = {**fingerprint, UNRECORDED: old[UNRECORDED]}  # carried over
     if not dry_run:
         write_sidecar(output, fingerprint)
     return state

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, missing_file
 from .journal import sidecar_of, sidecar_path, write_sidecar
 from .reader import file_digest
 
@@ -38,7 +38,7 @@ class MergeReport:
 
 def _fingerprint(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise InputError(f"cannot read {path}: no such file")
+        raise missing_file(path)
     side = sidecar_of(path)
     if side is None:
         raise InputError(

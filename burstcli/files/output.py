@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import InputError, OutputError, OutputLocked
+from ..errors import InputError, OutputError, OutputLocked, missing_file
 
 LOCK_SUFFIX = ".burstq.lock"
 
@@ -50,7 +50,7 @@ def check_input(path: Path) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"cannot read {path}: no such file") from None
+        raise missing_file(path) from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(st.st_mode):

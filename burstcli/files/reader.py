@@ -24,7 +24,14 @@ from pydantic import ValidationError
 
 from ..config import Shard
 from ..errors import InputError, ResumeMismatch
-from ..models import BATCH_URLS, BatchLine, InvalidLine, NativeLine, Request
+from ..models import (
+    BATCH_URLS,
+    BatchLine,
+    InvalidLine,
+    NativeLine,
+    Request,
+    response_format_problem,
+)
 from .fingerprint import line_digest
 from .tables import Done as Done  # re-exported: callers import these from here
 from .tables import IdSet as IdSet
@@ -166,7 +173,8 @@ def parse_line(
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return InvalidLine(line, None, f"invalid JSON: {exc}")
+        # The column within the file's line (the decoder's "line 1" is not the file's).
+        return InvalidLine(line, None, f"invalid JSON at column {exc.pos + 1}: {exc.msg}")
     if not isinstance(obj, dict):
         return InvalidLine(line, None, f"expected a JSON object, got {type(obj).__name__}")
     if trusted:
@@ -240,6 +248,8 @@ def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request
         return InvalidLine(line, rid, _format_validation(exc))
     rid = str(nl.id) if nl.id is not None and nl.id != "" else f"line-{line}"
     params = nl.params.model_dump(exclude_none=True) if nl.params else {}
+    if problem := response_format_problem(params, "params"):
+        return InvalidLine(line, rid, problem)
     body: dict[str, Any]
     if nl.endpoint == "embeddings":
         if nl.messages is not None:
@@ -286,6 +296,8 @@ def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request 
         known = " or ".join(BATCH_URLS)
         return InvalidLine(line, rid, f"url: unknown endpoint {bl.url!r} (expected {known})")
     body = bl.body.model_dump(exclude_none=True)
+    if problem := response_format_problem(body, "body"):
+        return InvalidLine(line, rid, problem)
     model = body.pop("model", None) or default_model
     if endpoint == "chat" and not body.get("messages"):
         return InvalidLine(line, rid, "body.messages: missing (chat completions need messages)")

@@ -205,6 +205,18 @@ class ApiClient:
             maybe_billed=resp.status == 200,
         )
 
+    async def probe(self) -> int | None:
+        """GET the models list: its status, or None when nothing answered (a cheap call that
+        tells a reachable endpoint that takes the key from one that does not)."""
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        limit = aiohttp.ClientTimeout(total=min(10.0, self.timeout.total or 10.0))
+        try:
+            async with self._session.get(self.base_url + "/models", timeout=limit) as resp:
+                await resp.read()
+                return resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+
     def _parse_ok(self, endpoint: str, raw: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         try:
             data = orjson.loads(raw)

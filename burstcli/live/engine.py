@@ -20,7 +20,12 @@ import orjson
 
 from ..errors import FatalProviderError, OutputError
 from ..files import fingerprint
-from ..files.answers import clean_usage, extract_output, finish_reason
+from ..files.answers import (
+    PER_TOKEN_WARNING,
+    clean_usage,
+    finish_reason,
+    per_token_vectors,
+)
 from ..files.journal import Journal
 from ..files.schema import OutputProblem, Validators
 from ..models import (
@@ -36,7 +41,10 @@ from ..models import (
 )
 from ..money.budget import Budget
 from ..redact import redact_cut
+from .adaptive import work_of
 from .client import CallError
+from .outcomes import read_answer, too_long_wait, unwritable
+from .probe import open_when_reachable
 from .router import Endpoint, NoEndpoint, Router
 from .shared import LimiterUnavailable
 
@@ -57,6 +65,10 @@ class EngineConfig:
     validators: Validators | None = field(default_factory=Validators)
     max_wait: float = 900.0  # a pause the provider asks for beyond this stops the run
     silent_timeouts: int = 3  # consecutive timeouts, before any answer, that stop the run
+    # The first request goes alone; if it has not answered after this long (or at once when
+    # it times out), a models-list probe tells whether the endpoint is up and takes the key,
+    # and then the window opens.
+    probe_after: float = 5.0
 
 
 class _Fatal(Exception):
@@ -78,6 +90,7 @@ class Engine:
         rng: random.Random | None = None,
         formatter: Callable[[Result], dict[str, Any]] | None = None,
         cache: AnswerCache | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.router = router
         self.journal = journal
@@ -100,6 +113,9 @@ class Engine:
         self._answered = False  # any 200 yet? (tells a dead endpoint from a flaky one)
         self._heard = False  # any HTTP answer at all yet (even an error)?
         self._silent = 0  # consecutive timeouts while nothing has answered
+        self._warn = warn or (lambda msg: None)
+        self._warned = False  # per-token embeddings: said once
+        self._probe_now = asyncio.Event()  # the first request timed out: probe at once
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -117,16 +133,32 @@ class Engine:
     async def run(self, items: AsyncIterator[Request | InvalidLine]) -> RunOutcome:
         self.tally.started = time.time()
         self._dispatcher = asyncio.create_task(self._dispatch(items))
+        probes = [
+            asyncio.create_task(
+                open_when_reachable(
+                    ep.client,
+                    ep.limits,
+                    after=self.config.probe_after,
+                    now=self._probe_now,
+                    stopped=lambda: self._stop is not None,
+                )
+            )
+            for ep in self.router.endpoints
+        ]
         try:
             await self._dispatcher
         except asyncio.CancelledError:
             if self._stop is None:
                 raise
         except BaseException:
+            for probe in probes:
+                probe.cancel()
             await self._drain(at_once=True)  # a config error mid-run: keep what finished
             self._flush()
             raise
         await self._drain()
+        for probe in probes:
+            probe.cancel()
         self._flush()
         if self._write_error is not None:
             where = self.journal.path or "stdout"
@@ -297,18 +329,21 @@ class Engine:
                 if self._stop in ("interrupted", "fatal"):
                     # Not sent yet: leave it unrecorded, a resume sends it.
                     raise asyncio.CancelledError
+                sent_at = asyncio.get_running_loop().time()
                 if attempts == 0:
-                    started = asyncio.get_running_loop().time()  # latency excludes our queue
+                    started = sent_at  # latency excludes our queue
                 attempts += 1
                 ep.attempts += 1
                 tally.attempts += 1
                 tally.in_flight += 1
+                # What this endpoint has out (adaptive.py): the run's count when it is alone.
+                in_flight = limits.gate.active if multi else tally.in_flight
                 try:
                     deployments = ep.spec.deployments
                     sent = deployments.get(model, model) if deployments else model
                     reply = await ep.client.call(req.endpoint, sent, req.body)
                     self._heard, self._silent = True, 0
-                    output, vectors = _extract(req.endpoint, reply.data)
+                    output, vectors = read_answer(req.endpoint, reply.data)
                     if req.endpoint == "chat":
                         output = (output or "").strip()
                         if not output:
@@ -339,6 +374,8 @@ class Engine:
                         usage = err.body.get("usage") if isinstance(err.body, dict) else None
                         if isinstance(usage, dict):
                             billed.append((model, usage))
+                    if limits.on_error(err.status_code, err.type, err.unreachable):
+                        self._probe_now.set()  # a timeout before any answer: probe now
                     if err.maybe_billed:
                         unanswered += 1
                         tally.unanswered += 1
@@ -352,7 +389,7 @@ class Engine:
                     if not multi:
                         self._check_silence(err, ep)
                     if err.retry_after is not None and err.retry_after > cfg.max_wait:
-                        raise _Fatal(_too_long(err, cfg.max_wait)) from err
+                        raise _Fatal(too_long_wait(err, cfg.max_wait)) from err
                     if err.type == "rate_limited":
                         tally.rate_limited += 1
                         limits.on_rate_limited(err.headers, err.retry_after)
@@ -399,6 +436,9 @@ class Engine:
                     reply.headers,
                     req.est_tokens,
                     int(usage.get("total_tokens") or 0) if usage else None,
+                    latency=asyncio.get_running_loop().time() - sent_at,
+                    work=work_of(usage),
+                    in_flight=in_flight,
                 )
                 if multi:
                     router.answered(ep)
@@ -501,6 +541,9 @@ class Engine:
         if output is not None and len(output) > self.config.max_output_chars:
             output, truncated = output[: self.config.max_output_chars].rstrip(), True
         embedding = None
+        if vectors is not None and not self._warned and per_token_vectors(vectors):
+            self._warned = True
+            self._warn(PER_TOKEN_WARNING.format(model=model))
         if vectors is not None:
             embedding = vectors if isinstance(req.body.get("input"), list) else vectors[0]
         cost = self.price(model, usage)
@@ -592,53 +635,3 @@ class Engine:
                     self._dispatcher.cancel()
                 for t in self._tasks:
                     t.cancel()
-
-
-def unwritable(result: Result, exc: Exception) -> Result:
-    """The failed record of a result that could not be serialized: only fields burstq made."""
-    return Result(
-        request_id=result.request_id,
-        line=result.line,
-        status="failed",
-        model=result.model,
-        attempts=result.attempts,
-        latency_ms=result.latency_ms,
-        error={
-            "type": "internal_error",
-            "message": f"the record could not be written: {exc}",
-            "status_code": None,
-        },
-        finished_at=result.finished_at,
-        unanswered_attempts=result.unanswered_attempts,
-    )
-
-
-def _extract(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
-    """extract_output, with an answer it cannot read as a (retryable) malformed response."""
-    try:
-        return extract_output(endpoint, data)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise CallError(
-            "malformed_response",
-            f"unreadable answer: {exc}",
-            status_code=200,
-            retryable=True,
-            maybe_billed=True,
-        ) from exc
-
-
-def _too_long(err: CallError, max_wait: float) -> CallError:
-    """The provider asked for a pause longer than --max-wait: stop, resumably, saying when."""
-    from datetime import UTC, datetime, timedelta
-
-    wait = err.retry_after or 0.0
-    try:
-        until = (datetime.now(UTC) + timedelta(seconds=wait)).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except OverflowError:
-        until = "a date too far to print"
-    return CallError(
-        err.type,
-        f"the provider asked to wait {wait:,.0f}s (until {until}), longer than --max-wait "
-        f"({max_wait:g}s); rerun the same command after then to resume",
-        status_code=err.status_code,
-    )

@@ -9,9 +9,10 @@ import asyncio
 import heapq
 import itertools
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+from ..config import JobSpec
 from ..models import InvalidLine, Request
 
 
@@ -87,3 +88,22 @@ def prioritized(
 
     threading.Thread(target=produce, name="burstq-reader", daemon=True).start()
     return ordered()
+
+
+async def chain(
+    first: list[InvalidLine], then: Iterator[Request]
+) -> AsyncIterator[Request | InvalidLine]:
+    for item in first:
+        yield item
+    async for req in aiter_items(then):
+        yield req
+
+
+async def with_defaults(
+    job: JobSpec, items: AsyncIterator[Request | InvalidLine]
+) -> AsyncIterator[Request | InvalidLine]:
+    """--max-tokens / --param for chat lines that set none (embeddings take neither)."""
+    async for item in items:
+        if isinstance(item, Request) and item.endpoint == "chat":
+            item.max_tokens = job.apply_defaults(item.body)
+        yield item

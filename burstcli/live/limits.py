@@ -9,6 +9,10 @@ step time instead of sleeping.
 Without user limits the run starts with one request in flight, opens up as answers come back
 (slow start) and settles under the ceilings the provider's x-ratelimit-* headers reveal. A 429
 pauses the whole run for the server's retry-after and lowers the pace, which then recovers.
+When no ceiling is known at all (no --concurrency, --rpm or --tpm, no x-ratelimit-* headers: a
+self-hosted server), the window follows adaptive.py instead, which finds the server's parallel
+slots from latency. The window opens as soon as the endpoint has shown it accepts the key (any
+answer but 401/403, or a models-list probe), not only on the first success.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .shared import SharedPacer
+
+from .adaptive import AdaptiveWindow
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -189,6 +195,7 @@ class LimitsSnapshot:
     paused_for: float
     limiter: str | None = None  # shared limiter state ("shared", or why nothing is sent)
     pause_reason: str | None = None  # why the run (or a request) waits, while it does
+    adaptive: bool = False  # the window is found from latency (no ceiling known)
 
 
 class Limits:
@@ -206,6 +213,7 @@ class Limits:
         concurrency_given: bool = False,
         shared: SharedPacer | None = None,
         backoff_base: float = 0.5,
+        timeout: float | None = None,
     ) -> None:
         self.max_concurrency = max(1, concurrency)
         self.backoff_base = backoff_base
@@ -231,6 +239,15 @@ class Limits:
         # With --limiter the rpm/tpm budget (pace, pause, learned ceilings) lives in Redis and
         # the local pacers stay idle; the concurrency window is still this process's own.
         self.shared = shared
+        # No ceiling known: find the server's own from latency (dropped once headers tell one).
+        self.adaptive: AdaptiveWindow | None = None
+        if slow_start and not self._open_fully:
+            self.adaptive = AdaptiveWindow(cap=self.max_concurrency, timeout=timeout)
+
+    @property
+    def opened(self) -> bool:
+        """Has the endpoint shown it works (the window may hold more than the first request)?"""
+        return self._opened
 
     # -- the two waits every attempt goes through ------------------------------------------
     async def slot(self) -> None:
@@ -287,8 +304,16 @@ class Limits:
 
     # -- feedback ---------------------------------------------------------------------------
     def on_success(
-        self, headers: Mapping[str, str], est_tokens: int, real_tokens: int | None
+        self,
+        headers: Mapping[str, str],
+        est_tokens: int,
+        real_tokens: int | None,
+        *,
+        latency: float | None = None,
+        work: int | None = None,
+        in_flight: int = 1,
     ) -> None:
+        """An answer: `latency` seconds for `work` tokens, sent with `in_flight` requests out."""
         if real_tokens is not None and real_tokens > est_tokens:
             # Only debt: providers charge the estimate (max_tokens included) on arrival and
             # refund nothing, so giving unused tokens back would overrun their TPM.
@@ -299,14 +324,18 @@ class Limits:
         if self.shared is not None:
             self.shared.succeeded()
             self.shared.learn(*header_limits(headers))
+            if self.adaptive is not None and any(header_limits(headers)):
+                self._leave_adaptive()
         else:
             self._learn(headers)
         self._streak = 0
+        if self.adaptive is not None:
+            self._open()
+            if latency is not None and self.adaptive.observe(latency, work or 1, in_flight):
+                self.gate.set_limit(self.adaptive.limit)
+            return
         if not self._opened:
-            self._opened = True
-            full = self._open_fully or self.max_concurrency <= INITIAL_WINDOW
-            self._cwnd = float(self.max_concurrency if full else INITIAL_WINDOW)
-            self.gate.set_limit(int(self._cwnd))
+            self._open()
             return
         # Slow start doubles the window each round trip; after a 429, grow by one per window.
         if self._cwnd < self.max_concurrency:
@@ -315,6 +344,44 @@ class Limits:
             self.gate.set_limit(int(self._cwnd))
         self._recover(self.requests, self.rpm_ceiling)
         self._recover(self.tokens, self.tpm_ceiling)
+
+    def _leave_adaptive(self) -> None:
+        """A ceiling is known now: the provider's limits drive the window, as before."""
+        self._cwnd = float(max(self.gate.limit, min(INITIAL_WINDOW, self.max_concurrency)))
+        self.adaptive = None
+        if self._opened:
+            self.gate.set_limit(int(self._cwnd))
+
+    def on_reachable(self) -> None:
+        """The endpoint answered something other than 401/403: key and URL work, open up."""
+        self._open()
+
+    def on_error(self, status: int | None, kind: str, unreachable: bool) -> bool:
+        """A failed attempt. Any HTTP answer but 401/403 proves URL and key (open up); a
+        timeout, a dropped connection or a 503 is congestion. True: a timeout before the
+        window opened (the engine probes the endpoint at once)."""
+        if status is not None and status not in (401, 403):
+            self.on_reachable()
+        if kind == "timeout" or status == 503 or (kind == "connection" and not unreachable):
+            self.on_congestion()
+            return not self._opened
+        return False
+
+    def on_congestion(self) -> None:
+        """A timeout, a dropped connection or an overloaded 503 (adaptive window only)."""
+        if self.adaptive is not None and self._opened and self.adaptive.on_congestion():
+            self.gate.set_limit(self.adaptive.limit)
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        if self.adaptive is not None:
+            self.gate.set_limit(self.adaptive.limit)
+            return
+        full = self._open_fully or self.max_concurrency <= INITIAL_WINDOW
+        self._cwnd = float(self.max_concurrency if full else INITIAL_WINDOW)
+        self.gate.set_limit(int(self._cwnd))
 
     def on_rate_limited(self, headers: Mapping[str, str], wait: float | None) -> None:
         """A 429 rate_limit_exceeded: pause everyone, then go on at a lower pace."""
@@ -337,7 +404,9 @@ class Limits:
             # (Redis slows the shared pace once per congestion event, as below).
             self.shared.learn(*header_limits(headers))
             self.shared.rate_limited(pause)
-            if fresh and not self._told:
+            if fresh and self.adaptive is not None:
+                self.on_congestion()
+            elif fresh and not self._told:
                 self._cwnd = max(1.0, self._cwnd / 2)
                 self.gate.set_limit(int(self._cwnd))
             return
@@ -346,7 +415,9 @@ class Limits:
             if fresh and pacer.rate and ceiling:
                 pacer.rate = max(ceiling / 60 * MIN_FRACTION, pacer.rate * BACKOFF_FACTOR)
             pacer.hold_until(self.paused_until)
-        if fresh and not self._told:
+        if fresh and self.adaptive is not None:
+            self.on_congestion()
+        elif fresh and not self._told:
             self._cwnd = max(1.0, self._cwnd / 2)
             self.gate.set_limit(int(self._cwnd))
 
@@ -374,6 +445,8 @@ class Limits:
             if limit <= 0 or (user is not None and user <= limit):
                 continue
             current = self.rpm_ceiling if kind == "requests" else self.tpm_ceiling
+            if self.adaptive is not None:
+                self._leave_adaptive()
             if current != limit:
                 if kind == "requests":
                     self.rpm_ceiling = limit
@@ -423,4 +496,5 @@ class Limits:
             rate_limited=self.rate_limited,
             paused_for=paused_for,
             pause_reason=reason,
+            adaptive=self.adaptive is not None,
         )

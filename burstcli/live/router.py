@@ -43,6 +43,7 @@ def endpoint_limits(
     clock: Clock,
     shared: SharedPacer | None = None,
     backoff_base: float = 0.5,
+    timeout: float | None = None,
 ) -> Limits:
     """The one place an endpoint's Limits are built (its shared --limiter budget plugs in)."""
     return Limits(
@@ -53,6 +54,7 @@ def endpoint_limits(
         concurrency_given=spec.concurrency_given,
         shared=shared,
         backoff_base=backoff_base,
+        timeout=timeout,
     )
 
 

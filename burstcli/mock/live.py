@@ -229,17 +229,25 @@ def chat_reply(parsed: Parsed, *, empty: bool, content: str | None = None) -> Re
         "system_fingerprint": "fp_burstq_mock",
     }
     return Reply(
-        status=200, body=orjson.dumps(body), completed_prompt=None if empty else parsed.prompt
+        status=200,
+        body=orjson.dumps(body),
+        completed_prompt=None if empty else parsed.prompt,
+        work_tokens=completion_tokens,
     )
 
 
-def embeddings_reply(parsed: Parsed, default_dim: int, *, empty: bool) -> Reply:
+def embeddings_reply(
+    parsed: Parsed, default_dim: int, *, empty: bool, per_token: bool = False
+) -> Reply:
     dim = parsed.dimensions or default_dim
     data: list[dict[str, Any]] = []
     if not empty:
         for index, text in enumerate(parsed.inputs):
             vector = _embedding(text, dim)
-            encoded: list[float] | str = vector
+            encoded: list[float] | list[list[float]] | str = vector
+            if per_token:
+                # No pooling (llama.cpp without --pooling): one vector per input token.
+                encoded = [_embedding(f"{n}:{text}", dim) for n in range(ceil_div4(len(text)))]
             if parsed.encoding_format == "base64":
                 # What the openai SDK requests by default: little-endian float32, base64.
                 encoded = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode("ascii")
@@ -252,7 +260,10 @@ def embeddings_reply(parsed: Parsed, default_dim: int, *, empty: bool) -> Reply:
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return Reply(
-        status=200, body=orjson.dumps(body), completed_prompt=None if empty else parsed.prompt
+        status=200,
+        body=orjson.dumps(body),
+        completed_prompt=None if empty else parsed.prompt,
+        work_tokens=tokens,
     )
 
 
@@ -429,7 +440,11 @@ async def _process(request: web.Request, state: MockState, endpoint: Endpoint) -
         elif endpoint == "chat":
             reply = chat_reply(parsed, empty=False)
         else:
-            reply = embeddings_reply(parsed, cfg.embedding_dim, empty=False)
+            reply = embeddings_reply(
+                parsed, cfg.embedding_dim, empty=False, per_token=cfg.embeddings_per_token
+            )
+        if state.slots is not None:
+            await state.slots.serve(reply.work_tokens)
     reply.headers.update(ratelimit_headers)
     return reply
 

@@ -18,6 +18,8 @@ from typing import Any, Final, Literal
 import orjson
 from aiohttp import web
 
+from .slots import Slots
+
 FAULT_KINDS: Final[tuple[str, ...]] = (
     "500",
     "502",
@@ -93,6 +95,13 @@ class MockConfig:
     batch_max_enqueued_tokens: int | None = None
     # Header names whose values the stats count (`headers_seen`), to check what clients send.
     record_headers: tuple[str, ...] = ()
+    # Slots mode (a self-hosted server): N parallel slots behind a FIFO queue, each answer
+    # taking slot_base_seconds + slot_token_seconds per completion token (prompt tokens for
+    # embeddings); an abandoned request keeps its slot until it is done.
+    slots: int | None = None
+    embeddings_per_token: bool = False  # answer [tokens, dim] per input, as unpooled servers do
+    slot_token_seconds: float = 0.01
+    slot_base_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail at configuration time (CLI flags) rather than with odd behaviour mid-rehearsal.
@@ -116,6 +125,10 @@ class MockConfig:
             raise ValueError("batch_seconds must be >= 0")
         if self.batch_max_enqueued_tokens is not None and self.batch_max_enqueued_tokens <= 0:
             raise ValueError("batch_max_enqueued_tokens must be a positive integer or None")
+        if self.slots is not None and self.slots < 1:
+            raise ValueError("slots must be a positive integer or None")
+        if self.slot_token_seconds < 0 or self.slot_base_seconds < 0:
+            raise ValueError("slot_token_seconds and slot_base_seconds must be >= 0")
 
 
 def format_reset(seconds: float) -> str:
@@ -203,6 +216,7 @@ class Reply:
     # Set only for genuine successful answers, so stats can count exactly-once delivery.
     completed_prompt: str | None = None
     rate_limited: bool = False
+    work_tokens: int = 0  # what generating it costs a slot (slots mode)
 
 
 @dataclass
@@ -335,6 +349,14 @@ class MockState:
         self.requests_bucket: _TokenBucket | None = None
         self.tokens_bucket: _TokenBucket | None = None
         self.in_flight = 0
+        self.slots: Slots | None = None
+        if config.slots is not None:
+            self.slots = Slots(
+                config.slots,
+                seconds_per_token=config.slot_token_seconds,
+                base_seconds=config.slot_base_seconds,
+                closing=self.closing,
+            )
         self._reset_counters()
         self._reset_buckets()
 
@@ -368,11 +390,15 @@ class MockState:
             self._directive_attempts.clear()
             self._batch_directive_attempts.clear()
             self._reset_buckets()
+        if self.slots is not None:
+            self.slots.reset()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, JSON-serialisable copy of the counters."""
+        slots = self.slots.snapshot() if self.slots is not None else {}
         with self._lock:
             return {
+                **slots,
                 "requests_total": self.requests_total,
                 "by_status": dict(self.by_status),
                 "in_flight": self.in_flight,

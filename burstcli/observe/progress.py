@@ -39,10 +39,29 @@ def endpoints_line(states: list[EndpointState]) -> str:
     return " | ".join(parts)
 
 
+LENGTH_WARN_SHARE = 0.1  # warn when this share of answers was cut at max_tokens
+
+
 def _money(x: float) -> str:
     if x < 0.01:
         return f"${x:.6f}"
     return f"${x:,.4f}" if x < 100 else f"${x:,.2f}"
+
+
+def _cost(tally: Tally) -> str:
+    """Cost so far; "unpriced" while nothing answered has a known price (never "$0.000000")."""
+    if tally.cost_usd == 0 and tally.unpriced:
+        return "unpriced"
+    text = _money(tally.cost_usd)
+    return text + (f" (+{tally.unpriced} unpriced)" if tally.unpriced else "")
+
+
+def length_warning(tally: Tally) -> str | None:
+    """A warning when many answers stopped at max_tokens (finish_reason "length")."""
+    cut = tally.cut_at_length
+    if cut and tally.completed and cut / tally.completed >= LENGTH_WARN_SHARE:
+        return f"{cut} answers cut at max_tokens"
+    return None
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -59,7 +78,7 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
         f"{rate * 60:,.0f} req/min",
         f"{tally.in_flight} in flight",
         f"{tally.prompt_tokens + tally.completion_tokens:,} tokens",
-        f"{_money(tally.cost_usd)}",
+        _cost(tally),
     ]
     if tally.total is not None and rate > 0:
         left = tally.total - tally.skipped - done
@@ -69,7 +88,7 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
         limits.append(f"rpm {snap.rpm:,.0f}")
     if snap.tpm:
         limits.append(f"tpm {snap.tpm:,.0f}")
-    limits.append(f"conc {snap.concurrency}")
+    limits.append(f"conc {snap.concurrency}" + (" adaptive" if snap.adaptive else ""))
     parts.append(" ".join(limits))
     if tally.rate_limited:
         parts.append(f"{tally.rate_limited} 429s")
@@ -77,6 +96,8 @@ def status_line(tally: Tally, snap: LimitsSnapshot, elapsed: float) -> str:
         parts.append(f"limiter {snap.limiter}")
     if (pause := pause_text(snap)) is not None:
         parts.append(pause)
+    if warning := length_warning(tally):
+        parts.append(f"warning: {warning}")
     return " | ".join(parts)
 
 
@@ -169,7 +190,7 @@ class Reporter:
             total = t.total - t.skipped if t.total is not None else None
             info = (
                 f"{_rate(t.finished, elapsed) * 60:,.0f}/min "
-                f"{t.prompt_tokens + t.completion_tokens:,}tok {_money(t.cost_usd)} "
+                f"{t.prompt_tokens + t.completion_tokens:,}tok {_cost(t)} "
                 f"[red]{t.failed} failed[/] {t.in_flight} busy"
             )
             if snap.rpm:
@@ -184,6 +205,8 @@ class Reporter:
                 info += f" [yellow]{pause}[/]"
             if self.endpoints is not None:
                 info += " · " + endpoints_line(self.endpoints())
+            if warning := length_warning(t):
+                info += f" [yellow]{warning}[/]"
             self._progress.update(self._task_id, completed=t.finished, total=total, info=info)
         elif self.mode == "plain":
             line = status_line(self.tally, snap, elapsed)
@@ -215,10 +238,12 @@ class Reporter:
         parts += [
             f"{t.attempts} attempts ({t.retries} retries, {t.rate_limited} rate-limited)",
             f"{t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion tokens",
-            f"cost {_money(t.cost_usd)}" + (f" (+{t.unpriced} unpriced)" if t.unpriced else ""),
+            f"cost {_cost(t)}",
             f"{elapsed:.1f}s",
             f"{_rate(t.finished, elapsed) * 60:,.0f} req/min",
         ]
         if t.unanswered:
             parts.append(f"{t.unanswered} attempts possibly billed without an answer")
+        if t.cut_at_length:
+            parts.append(f"{t.cut_at_length} answers cut at max_tokens (finish_reason length)")
         return "burstq: " + ", ".join(parts)

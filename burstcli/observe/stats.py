@@ -14,7 +14,8 @@ or remove them.
         "method": "nearest-rank", "count": 110,
         "p50": 812.4, "p90": 2210.0, "p99": 7400.2, "max": 9120.5, "mean": 1033.7
       },                                         # p*, max, mean are null when count is 0
-      "attempts": {"total": 131, "retries": 21, "unanswered": 3},
+      "attempts": {"total": 131, "retries": 21, "unanswered": 3,
+                   "unrecorded": 2},  # sent while a run was interrupted: no record (sidecar)
       "tokens": {"prompt": 52000, "completion": 18000, "total": 70000},
       "cost_usd": {
         "total": 0.0123,             # sum of known costs; null if nothing completed was priced
@@ -48,8 +49,10 @@ or remove them.
         "first_finished_at": "2026-11-27T10:00:00.123Z",   # as written in the record
         "last_finished_at": "2026-11-27T10:04:00.456Z",
         "wall_seconds": 240.333,     # last - first; null with fewer than two distinct times
-        "throughput_per_min": 29.96  # records with a finished_at / wall minutes; null likewise
+        "throughput_per_min": 29.96, # records with a finished_at / wall minutes; null likewise
+        "time_base": "records / (last - first finished_at)"   # what the rate is measured over
       },
+      "cut_at_length": 3,            # completed answers with finish_reason "length" (max_tokens)
       "histogram": {"unit": "ms", "buckets": [  # completed latencies, lo < x <= hi (0 in 1st)
         {"lo": 0, "hi": 100, "count": 3}, ..., {"lo": 120000, "hi": null, "count": 0}]},
       "timeline": {                  # records finishing per bin, for a sparkline
@@ -73,9 +76,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, missing_file
 from ..files.formats import from_openai_batch_line
-from ..files.journal import iter_records
+from ..files.journal import iter_records, unrecorded_attempts
 
 PERCENTILES = (50, 90, 99)
 # Upper bounds (ms) of the latency histogram; roughly x2.5 per step, as LLM latencies spread
@@ -210,6 +213,8 @@ def _read(paths: Sequence[Path]) -> Iterable[dict[str, Any]]:
             for rec in iter_records(path):
                 # `--output-format openai-batch` files hold Batch API lines: read them as records.
                 yield from_openai_batch_line(rec) if "custom_id" in rec else rec
+        except FileNotFoundError as exc:
+            raise missing_file(path) from exc
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -277,6 +282,7 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
     attempts_total = retries = unanswered = 0
     prompt = completion = total_tokens = 0
     null_cost = 0
+    cut_at_length = 0
     models: dict[str, _Model] = {}
     endpoints: dict[str, _Endpoint] = {}
     errors: dict[str, int] = {}
@@ -286,6 +292,10 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
     cached = 0
     saved: float | None = None
 
+    unrecorded = 0
+    for path in paths:
+        unrecorded += unrecorded_attempts(path)
+    attempts_total += unrecorded
     for rec in _read(paths):
         records += 1
         if rec.get("cached") is True:
@@ -296,6 +306,8 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
         st = rec.get("status")
         st = st if isinstance(st, str) else "unknown"
         status[st] = status.get(st, 0) + 1
+        if st == "completed" and rec.get("finish_reason") == "length":
+            cut_at_length += 1
         name = rec.get("model_used") or rec.get("model") or UNKNOWN_MODEL
         m = models.setdefault(str(name), _Model())
         m.count += 1
@@ -389,8 +401,14 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
         "records": records,
         "status": status,
         "success_rate": status["completed"] / records if records else None,
+        "cut_at_length": cut_at_length,
         "latency_ms": _latency_summary(latencies),
-        "attempts": {"total": attempts_total, "retries": retries, "unanswered": unanswered},
+        "attempts": {
+            "total": attempts_total,
+            "retries": retries,
+            "unanswered": unanswered,
+            "unrecorded": unrecorded,
+        },
         "tokens": {"prompt": prompt, "completion": completion, "total": total_tokens},
         "cost_usd": {
             "total": total_or_null,
@@ -412,6 +430,7 @@ def compute(paths: Sequence[Path]) -> dict[str, Any]:
             "last_finished_at": last[1] if last else None,
             "wall_seconds": wall if wall else None,
             "throughput_per_min": throughput,
+            "time_base": "records / (last - first finished_at)",
         },
         "histogram": _histogram(latencies),
         "timeline": _timeline(

@@ -31,9 +31,12 @@ def _ms(value: float | None) -> str:
 def _money(value: float | None) -> str:
     if value is None:
         return "no price"
-    # Six decimals below $1: single requests cost fractions of a cent.
+    # Below $1, three significant digits: one embeddings request costs $1.8e-7, and six
+    # decimals would show it as $0.000000.
+    if value == 0:
+        return "$0"
     if value < 1:
-        return f"${value:.6f}"
+        return f"${value:#.3g}" if value >= 1e-4 else f"${value:.2e}"
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
@@ -92,6 +95,11 @@ def _summary(stats: dict[str, Any]) -> Table:
     for name, n in others.items():
         table.add_row(f"Status {name!r}", f"{n:,}")
     table.add_row("Success rate", _pct(stats["success_rate"]))
+    if stats.get("cut_at_length"):
+        table.add_row(
+            "Cut at max_tokens",
+            f"{stats['cut_at_length']:,} answers (finish_reason length): raise max_tokens?",
+        )
     table.add_row(
         "Wall time",
         f"{_duration(t['wall_seconds'])}"
@@ -102,8 +110,12 @@ def _summary(stats: dict[str, Any]) -> Table:
         ),
     )
     tp = t["throughput_per_min"]
-    table.add_row("Throughput", "-" if tp is None else f"{tp:,.1f} requests/min")
-    table.add_row("Attempts", f"{att['total']:,} ({att['retries']:,} retries)")
+    table.add_row(
+        "Throughput",
+        "-" if tp is None else f"{tp:,.1f} requests/min (records over first to last finished_at)",
+    )
+    extra = f", {att['unrecorded']:,} in flight at an interruption" if att.get("unrecorded") else ""
+    table.add_row("Attempts", f"{att['total']:,} ({att['retries']:,} retries{extra})")
     table.add_row(
         "Tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"
     )
