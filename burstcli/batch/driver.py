@@ -406,7 +406,9 @@ class BatchRun:
             if s is not shard
             and s.active
             and s.model == shard.model
-            and s.state == "submitted"
+            # A batch whose create call is still on its way may already hold the tokens
+            # that got this one refused: it counts as one to wait for.
+            and s.state in ("creating", "submitted")
             and s.id not in self._waiting
         ]
         learned = self.state.group_limits.get(shard.model)
