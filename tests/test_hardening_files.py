@@ -217,6 +217,7 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
     line = orjson.dumps({"input": "a question of ordinary length, nothing more", "priority": 5})
     inp.write_bytes((line + b"\n") * 1_500_000)
     out = tmp_path / "out.jsonl"
+    started = time.monotonic()
     proc = spawn(
         [
             "run",
@@ -232,13 +233,16 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
     )
     # Wait for the run to be in its scan (the sidecar is written just before it).
     wait_for(lambda: (tmp_path / "out.jsonl.burstq.json").exists())
+    # Start-up plus hashing the 1.5M lines: a baseline from this run, as slow as the machine
+    # is now. Scanning them (parsing every line) takes several times longer.
+    before = time.monotonic() - started
     time.sleep(0.3)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     took = time.monotonic() - t0
     assert proc.returncode == 130, err
-    # The scan checks for the signal every few thousand lines (well under a second on an idle
-    # machine); the margin is for a CI runner busy with other work. A scan that ignored the
-    # signal would run to the end of 1.5M lines first, many seconds more.
-    assert took < 3.0, took
+    # The scan checks for the signal every few thousand lines: well under a second on an idle
+    # machine. A scan that ignored the signal would first run to the end of 1.5M lines, which
+    # takes longer than start-up and hashing did; the bound scales with a busy runner.
+    assert took < max(1.0, before), (took, before, err)
