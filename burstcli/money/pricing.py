@@ -180,9 +180,8 @@ class PriceBook:
         # Every answer of a run asks this: the result for the same model and counts is
         # computed once (prices that change with the time of day are looked up each time).
         key = (model, batch, counts)
-        hit = self._costs.get(key, _MISS)
-        if hit is not _MISS:
-            return hit
+        if key in self._costs:
+            return self._costs[key]
         usd = self._cost(model, counts, batch)
         if model not in self._time_dependent:
             if len(self._costs) >= _COSTS_MAX:
@@ -300,7 +299,6 @@ def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-_MISS: Any = object()
 _COSTS_MAX = 65_536  # distinct (model, token counts) remembered; cleared when full
 
 
