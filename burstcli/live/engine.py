@@ -294,13 +294,14 @@ class Engine:
         # Answers refused as invalid were still billed: their usage and cost are carried.
         billed: list[tuple[str, dict[str, Any]]] = []
         ceiling = ep.limits.tpm_ceiling
-        if ceiling and req.est_tokens > ceiling:
+        est = req.est_tokens  # a property: computed once per request, not per use
+        if ceiling and est > ceiling:
             # It can never fit in a minute's allowance: sending it would only earn a 429.
             return self._failed(
                 req,
                 CallError(
                     "request_too_large",
-                    f"request needs ~{req.est_tokens} tokens (prompt chars/4 "
+                    f"request needs ~{est} tokens (prompt chars/4 "
                     f"+ max_tokens) but the TPM ceiling is {ceiling:g}; shorten it or lower "
                     "max_tokens",
                 ),
@@ -325,8 +326,8 @@ class Engine:
                         break
                 limits = ep.limits
                 try:
-                    if not limits.try_pace(req.est_tokens):
-                        await limits.pace(req.est_tokens)
+                    if not limits.try_pace(est):
+                        await limits.pace(est)
                 except LimiterUnavailable as exc:
                     # The shared budget is out of reach: sending anyway could overrun it.
                     # Stop the run; this request stays unrecorded for the rerun.
@@ -439,7 +440,7 @@ class Engine:
                 usage = clean_usage(reply.data.get("usage"))
                 limits.on_success(
                     reply.headers,
-                    req.est_tokens,
+                    est,
                     int(usage.get("total_tokens") or 0) if usage else None,
                     latency=now() - sent_at,
                     work=work_of(usage),

@@ -450,6 +450,11 @@ class Limits:
 
     def _learn(self, headers: Mapping[str, str]) -> None:
         """Adopt ceilings from x-ratelimit-limit-* when the user gave none (or a higher one)."""
+        if (
+            "x-ratelimit-limit-requests" not in headers
+            and "x-ratelimit-limit-tokens" not in headers
+        ):
+            return  # most self-hosted servers send neither: nothing to learn, every answer
         for kind, pacer in (("requests", self.requests), ("tokens", self.tokens)):
             raw = headers.get(f"x-ratelimit-limit-{kind}")
             if not raw:
