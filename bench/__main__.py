@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import harness as h
-from . import incremental as _incremental  # noqa: F401 - registers "incremental"
-from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure, endpoints
-from .scenarios import report as report_scenario
-from .shared import shared
+from .scenarios import FULL, QUICK, SCENARIOS, BenchError, Context, Figure, label, number
 
-SCENARIOS["shared"] = shared  # 7: the Redis limiter shared by several processes
-SCENARIOS["report"] = report_scenario  # 9 (after labeling, shared): report of 1M records
-SCENARIOS["endpoints"] = endpoints  # 10: two endpoints against the sum of their ceilings
-ALIASES = {str(i): name for i, name in enumerate(SCENARIOS, start=1)}
+
+def aliases() -> dict[str, str]:
+    """--only takes a scenario's name or its number (scenarios.NUMBERS), nothing else."""
+    return {str(number(name)): name for name in SCENARIOS}
 
 
 def machine() -> dict[str, Any]:
@@ -155,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         action="append",
         default=[],
-        help=f"run only these scenarios ({', '.join(SCENARIOS)} or 1-{len(SCENARIOS)}); "
-        "repeatable or comma-separated",
+        help="run only these scenarios, by name or number "
+        f"({', '.join(label(n) for n in SCENARIOS)}); repeatable or comma-separated",
     )
     ap.add_argument("--json", metavar="PATH", type=Path, help="write the figures as JSON")
     ap.add_argument("--workdir", type=Path, help="where data files go (default: a temp dir)")
@@ -173,21 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         h.use_source(args.burstcli)
 
     names: list[str] = []
+    by_number = aliases()
     for item in args.only:
         for name in filter(None, (x.strip() for x in item.split(","))):
-            name = ALIASES.get(name, name)
+            name = by_number.get(name, name)
             if name not in SCENARIOS:
-                ap.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+                choices = ", ".join(label(n) for n in SCENARIOS)
+                ap.error(f"unknown scenario {name!r}; choose from {choices}")
             names.append(name)
     names = names or list(SCENARIOS)
 
     info = machine()
     sizes = QUICK if args.quick else FULL
-    print(f"burstq bench ({'quick' if args.quick else 'full'}): {', '.join(names)}")
+    print(f"burstq bench ({'quick' if args.quick else 'full'}): {', '.join(map(label, names))}")
     if args.quick:
         print(
             "quick mode checks that the bench runs: its runs are ~10 s, so start-up and the "
-            "first round trip weigh on scenarios 1 and 3; judge targets on a full run"
+            "first round trip weigh on 1 ratelimit and 3 latency; judge targets on a full run"
         )
     print(
         f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}, "
@@ -205,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             load[name] = h.load_average()
-            print(f"\n== {name} == (load average {load[name]})", flush=True)
+            print(f"\n== {label(name)} == (load average {load[name]})", flush=True)
+            ctx.name = name
             t0 = time.monotonic()
             try:
                 SCENARIOS[name](ctx)

@@ -4,7 +4,8 @@ The project's mock server (burstcli/mock_server.py) is a full aiohttp applicatio
 every body, keeps per-prompt counters and builds each answer; on a 2-core machine it is the
 bottleneck long before a lean client is. To see a client's own cost, this server does almost
 nothing: an asyncio protocol on uvloop that frames HTTP/1.1 keep-alive requests by
-Content-Length and answers every POST with the same pre-built chat completion. It also answers
+Content-Length and answers every POST with the same pre-built chat completion (a structured
+one for requests with a json_schema response_format). It also answers
 GET /mock/stats (requests_total, first_request_at, last_response_at on time.monotonic()) like
 the mock, so the bench reads both servers the same way.
 
@@ -50,6 +51,13 @@ def _response(body: bytes, status: str = "200 OK") -> bytes:
 
 
 _CHAT_RESPONSE = _response(_CHAT)
+# A structured request (response_format json_schema) gets an answer that matches the schema
+# the bench asks for (bench/overhead.py: "label: one of pos/neg, score float").
+_STRUCTURED_RESPONSE = _response(
+    _CHAT.replace(
+        b'"echo: ok"', orjson.dumps(orjson.dumps({"label": "pos", "score": 0.5}).decode())
+    )
+)
 
 
 class _Stats:
@@ -100,6 +108,7 @@ class _Http(asyncio.Protocol):
             total = end + 4 + length
             if len(buf) < total:
                 break
+            structured = buf.find(b'"json_schema"', end + 4, total) >= 0
             del buf[:total]
             if head.startswith(b"post "):
                 now = time.monotonic()
@@ -108,7 +117,7 @@ class _Http(asyncio.Protocol):
                 if st.first_request_at is None:
                     st.first_request_at = now
                 st.last_response_at = now
-                out.append(_CHAT_RESPONSE)
+                out.append(_STRUCTURED_RESPONSE if structured else _CHAT_RESPONSE)
             elif head.startswith(b"get /mock/stats"):
                 out.append(_response(self.stats.snapshot()))
             else:

@@ -1,4 +1,4 @@
-"""Scenario 8, incremental (issue 15): a rerun after 1 % of a big input's lines changed.
+"""Scenario 11 incremental (issue 15): a rerun after 1 % of a big input's lines changed.
 
 OUTPUT holds a finished record for every line of the original input (records of burstq's
 shape with the fingerprint and line digest burstq computes, written by the bench); then every
@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from . import harness as h
-from .scenarios import SCENARIOS, BenchError, Context, Figure, _check
+from .scenarios import BenchError, Context, Figure, _check
 
 # Bytes a finished record may cost above the plain resume (README.md, files/rewrite.py): the
 # pairing's 62 (fingerprint 8, line digest 8, offset 8, length, line and cost 4 each, two flag
@@ -77,7 +77,7 @@ def incremental(ctx: Context) -> None:
     h.write_done_output(inp, base_out, n - edited)
     with h.mock_server(ctx.workdir) as srv:
         base = h.burstq_run(inp, base_out, srv)
-        _check(base, base_out, n, "scenario 8 (baseline resume)")
+        _check(base, base_out, n, f"{ctx.label} (baseline resume)")
         base_st = srv.stats()
 
     # The incremental rerun: all lines done for the original, 1 % edited since.
@@ -91,11 +91,11 @@ def incremental(ctx: Context) -> None:
     )
     with h.mock_server(ctx.workdir) as srv:
         run = h.burstq_run(inp, out, srv, "--progress", "plain")
-        _check(run, out, n, "scenario 8 (incremental rerun)")
+        _check(run, out, n, f"{ctx.label} (incremental rerun)")
         st = srv.stats()
     if st["requests_total"] != edited or base_st["requests_total"] != edited:
         raise BenchError(
-            f"scenario 8: sent {st['requests_total']} (baseline {base_st['requests_total']}), "
+            f"{ctx.label}: sent {st['requests_total']} (baseline {base_st['requests_total']}), "
             f"expected {edited}"
         )
     plan = next((x for x in run.stderr.decode(errors="replace").splitlines() if "kept" in x), "")
@@ -103,7 +103,7 @@ def incremental(ctx: Context) -> None:
     base_first = (base_st["first_request_at"] or base.started) - base.started
     ctx.add(
         Figure(
-            "8 incremental",
+            ctx.label,
             f"{n:,} lines, 1 % edited: spawn to first request (pair + rewrite)",
             first,
             "s",
@@ -118,7 +118,7 @@ def incremental(ctx: Context) -> None:
     extra = max(0.0, run.maxrss_mb - base.maxrss_mb) * 1024 * 1024 / n
     ctx.add(
         Figure(
-            "8 incremental",
+            ctx.label,
             f"{n:,} lines, 1 % edited: peak RSS",
             run.maxrss_mb,
             "MB",
@@ -130,6 +130,3 @@ def incremental(ctx: Context) -> None:
             {"bytes_per_record_above_baseline": extra},
         )
     )
-
-
-SCENARIOS["incremental"] = incremental

@@ -1,5 +1,5 @@
-"""Scenario 7 (issue 14), data rows: templates against prepared JSONL, memory in the number of
-rows, and the time to export a million records.
+"""Scenario 7 labeling (issue 14), data rows: templates against prepared JSONL, memory in the
+number of rows, and the time to export a million records.
 
 - rows/s: the same requests (same prompt, same schema) from a CSV through `--prompt` and
   `--schema`, against a prepared JSONL file of the rendered requests; target >= 0.9x.
@@ -127,15 +127,15 @@ def labeling(ctx: Context) -> None:
                 else:
                     run = h.burstq_run(prepared, out, srv, *conc)
                 if run.returncode != 0:
-                    raise BenchError(f"scenario 7 ({kind}): exit {run.returncode}: {h.tail(run)}")
+                    raise BenchError(f"{ctx.label} ({kind}): exit {run.returncode}: {h.tail(run)}")
                 recs, ok = h.count_records(out)
                 if recs != n or ok != n:
-                    raise BenchError(f"scenario 7 ({kind}): {recs} records, {ok} completed")
+                    raise BenchError(f"{ctx.label} ({kind}): {recs} records, {ok} completed")
                 walls[kind].append(run.wall)
         rows_rate, jsonl_rate = n / min(walls["rows"]), n / min(walls["jsonl"])
         ctx.add(
             Figure(
-                "7 labeling",
+                ctx.label,
                 f"rows/s, {n:,} CSV rows via --prompt + --schema",
                 rows_rate,
                 "req/s",
@@ -153,12 +153,12 @@ def labeling(ctx: Context) -> None:
         srv.reset()
         run = h.burstq_run(big_in, out_big, srv, "--prompt", PROMPT, "--schema", SCHEMA, *conc)
         if run.returncode != 0:
-            raise BenchError(f"scenario 7 (big): exit {run.returncode}: {h.tail(run)}")
+            raise BenchError(f"{ctx.label} (big): exit {run.returncode}: {h.tail(run)}")
         if srv.stats()["requests_total"] != n:
-            raise BenchError(f"scenario 7 (big): sent {srv.stats()['requests_total']}, not {n}")
+            raise BenchError(f"{ctx.label} (big): sent {srv.stats()['requests_total']}, not {n}")
         ctx.add(
             Figure(
-                "7 labeling",
+                ctx.label,
                 f"peak RSS, {big:,}-row CSV, {big - n:,} done ({n:,} sent)",
                 run.maxrss_mb,
                 "MB",
@@ -178,11 +178,11 @@ def labeling(ctx: Context) -> None:
         dest = ctx.workdir / f"labels-{size}.csv"
         exports[size] = h.run_child([*h.burstq_cmd(), "export", str(out), "-o", str(dest)])
         if exports[size].returncode != 0:
-            raise BenchError(f"scenario 7 (export): {h.tail(exports[size])}")
+            raise BenchError(f"{ctx.label} (export): {h.tail(exports[size])}")
     e_big, e_small = exports[big], exports[n]
     ctx.add(
         Figure(
-            "7 labeling",
+            ctx.label,
             f"export of {big:,} shuffled records to CSV",
             e_big.wall,
             "s",

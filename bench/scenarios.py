@@ -1,14 +1,15 @@
-"""The six scenarios of issue 7 (and issue 13's self-hosted one, in selfhosted.py), each
-measured against a baseline taken in the same run.
+"""The bench's scenarios, each measured against a baseline taken in the same run.
 
 A scenario is a function `(ctx) -> None` that calls `ctx.add(Figure(...))` for every figure it
-measures; `SCENARIOS` maps the names `--only` accepts to them, in issue order. Sizes come from
-`Sizes` (full or `--quick`), so the CI run exercises exactly the code the full run does.
+measures. Every scenario has ONE number and ONE name (`NUMBERS`): `--only` takes either, the
+figures are labelled "N name" by `Context.add` (whatever a scenario passes), and
+docs/benchmarks.md uses the same pair. `SCENARIOS` maps the names to the functions, in number
+order. Sizes come from `Sizes` (full or `--quick`), so the CI run exercises exactly the code the
+full run does.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,21 +22,22 @@ from . import harness as h
 
 @dataclass
 class Sizes:
-    rpm: int  # scenario 1: the server's ceiling R (requests/minute, 1 s quanta)
+    rpm: int  # 1 ratelimit: the server's ceiling R (requests/minute, 1 s quanta)
     rpm_requests: int  # ... and how many requests (R/60 per second -> duration)
-    overhead_requests: int
+    overhead_requests: int  # 2 overhead and 12 features: requests per run
     overhead_concurrency: tuple[int, ...]
-    overhead_repeat: int
-    overhead_fast_server: bool
+    overhead_repeat: int  # runs of each side, alternating; medians reported
+    overhead_servers: tuple[str, ...]  # 2 overhead: "mock server", "fast server"
+    features_concurrency: int  # 12 features: --endpoints, --schema, --cache at this c
     sdk_requests: int
-    latency_requests: int  # scenario 3: at 200 in flight and 1 s each, 200 per second
-    memory_big: int  # scenario 4: lines in the big input (all but memory_sent already done)
+    latency_requests: int  # 3 latency: at 200 in flight and 1 s each, 200 per second
+    memory_big: int  # 4 memory: lines in the big input (all but memory_sent already done)
     memory_sent: int  # requests actually sent in each memory run
     memory_fresh: bool  # also a fresh run of the big input, every request sent
     startup_repeat: int
-    resume_lines: int  # scenario 6: lines, 90 % of them done
-    report_records: int  # scenario 9: records in the output `burstq report` reads
-    endpoints_rpm: tuple[int, int]  # scenario 10: two endpoints' ceilings (told in the file)
+    resume_lines: int  # 6 resume: lines, 90 % of them done
+    report_records: int  # 9 report: records in the output `burstq report` reads
+    endpoints_rpm: tuple[int, int]  # 10 endpoints: two endpoints' ceilings (told in the file)
     endpoints_requests: int
 
 
@@ -45,7 +47,8 @@ FULL = Sizes(
     overhead_requests=30_000,
     overhead_concurrency=(64, 256),
     overhead_repeat=3,
-    overhead_fast_server=True,
+    overhead_servers=("mock server", "fast server"),
+    features_concurrency=64,
     sdk_requests=3000,
     latency_requests=12_000,
     memory_big=1_000_000,
@@ -61,9 +64,10 @@ QUICK = Sizes(
     rpm=6000,
     rpm_requests=1000,
     overhead_requests=10_000,
-    overhead_concurrency=(128,),
+    overhead_concurrency=(64, 256),
     overhead_repeat=1,
-    overhead_fast_server=False,
+    overhead_servers=("fast server",),
+    features_concurrency=64,
     sdk_requests=500,
     latency_requests=2000,
     memory_big=100_000,
@@ -114,9 +118,17 @@ class Context:
     workdir: Path
     report: Callable[[Figure], None]
     figures: list[Figure] = field(default_factory=list)
+    name: str = ""  # the scenario running now (set by __main__)
     _inputs: dict[int, Path] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """ "N name": the one label of the running scenario, in figures and messages."""
+        return label(self.name) if self.name else ""
+
     def add(self, fig: Figure) -> None:
+        if self.name:
+            fig.scenario = self.label  # one label per scenario, whatever the code passed
         self.figures.append(fig)
         self.report(fig)
 
@@ -152,7 +164,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f} %"
 
 
-# -- 1. rate-limit efficiency -------------------------------------------------------------------
+# -- 1 ratelimit: rate-limit efficiency ------------------------------------------------------------
 
 
 def ratelimit(ctx: Context) -> None:
@@ -169,7 +181,7 @@ def ratelimit(ctx: Context) -> None:
             out = ctx.fresh_output(f"out-ratelimit-{'told' if told else 'untold'}.jsonl")
             extra = ["--rpm", str(r)] if told else []
             run = h.burstq_run(inp, out, srv, *extra)
-            _check(run, out, n, f"scenario 1 ({label})")
+            _check(run, out, n, f"{ctx.label} ({label})")
             st = srv.stats()
         ok = st["by_status"].get("200", 0)
         limited = st["rate_limited"]
@@ -190,7 +202,7 @@ def ratelimit(ctx: Context) -> None:
         }
         ctx.add(
             Figure(
-                "1 rate limit",
+                ctx.label,
                 f"{label}: achieved rate (start to exit)",
                 wall_rpm,
                 "req/min",
@@ -205,7 +217,7 @@ def ratelimit(ctx: Context) -> None:
         met_429 = limited == 0 if told else share < 0.02
         ctx.add(
             Figure(
-                "1 rate limit",
+                ctx.label,
                 f"{label}: 429 answers",
                 limited,
                 "429s",
@@ -219,108 +231,7 @@ def ratelimit(ctx: Context) -> None:
         )
 
 
-# -- 2. overhead --------------------------------------------------------------------------------
-
-
-def _raw(srv: h.Server, n: int, conc: int, sdk: bool = False) -> dict[str, Any]:
-    argv = [h.PYTHON, "-m", "bench.rawclient", srv.base_url, "-n", str(n), "-c", str(conc)]
-    run = h.run_child([*argv, "--sdk"] if sdk else argv)
-    if run.returncode != 0:
-        raise BenchError(f"baseline client failed ({run.returncode}): {h.tail(run)}")
-    res: dict[str, Any] = orjson.loads(run.stdout)
-    if res["ok"] != n:
-        raise BenchError(f"baseline client: {res['ok']}/{n} answers ok")
-    res["wall_s"], res["cpu_s"] = run.wall, run.cpu
-    return res
-
-
-def overhead(ctx: Context) -> None:
-    s = ctx.sizes
-    n = s.overhead_requests
-    inp = ctx.input_file(n)
-    servers: list[tuple[str, Callable[..., Any]]] = [
-        ("mock server", lambda: h.mock_server(ctx.workdir))
-    ]
-    if s.overhead_fast_server:
-        servers.append(("fast server", lambda: h.fast_server(ctx.workdir)))
-    raw_medians: dict[int, float] = {}
-    for sname, start in servers:
-        for conc in s.overhead_concurrency:
-            raws: list[dict[str, Any]] = []
-            runs: list[dict[str, Any]] = []
-            for _ in range(s.overhead_repeat):
-                # Fresh servers, raw and burstq alternating: a burst of load from elsewhere on
-                # the machine hits both sides of the ratio, and the median drops outliers.
-                with start() as srv:
-                    raws.append(_raw(srv, n, conc))
-                with start() as srv:
-                    out = ctx.fresh_output(f"out-overhead-{conc}.jsonl")
-                    run = h.burstq_run(inp, out, srv, "--concurrency", str(conc), quiet=True)
-                    _check(run, out, n, f"scenario 2 (c={conc})")
-                    span = h.finished_span(out)
-                runs.append(
-                    {
-                        "rps": n / run.wall,
-                        "wall_s": run.wall,
-                        "cpu_s": run.cpu,
-                        "steady_rps": n / span if span else None,
-                        "maxrss_mb": run.maxrss_mb,
-                    }
-                )
-            rate = statistics.median(r["rps"] for r in runs)
-            raw_rate = statistics.median(r["rps"] for r in raws)
-            raw_medians.setdefault(conc, raw_rate)  # the mock server's, which comes first
-            steady = statistics.median(r["steady_rps"] or 0 for r in runs)
-            # CPU per request is what contention from other processes distorts least.
-            cpu_us = statistics.median(r["cpu_s"] for r in runs) / n * 1e6
-            raw_cpu_us = statistics.median(r["cpu_s"] for r in raws) / n * 1e6
-            k = s.overhead_repeat
-            ctx.add(
-                Figure(
-                    "2 overhead",
-                    f"burstq end to end, c={conc}, {sname}",
-                    rate,
-                    "req/s",
-                    "raw aiohttp client",
-                    raw_rate,
-                    ">= 50 % of raw",
-                    rate >= 0.5 * raw_rate,
-                    f"{f'median of {k}, ' if k > 1 else ''}{n} requests, start-up and files "
-                    f"included; steady state (first to last record) {steady:.0f} req/s; CPU "
-                    f"{cpu_us:.0f} us/request vs raw {raw_cpu_us:.0f} us "
-                    f"({raw_cpu_us / cpu_us:.0%})",
-                    {
-                        "burstq_runs": runs,
-                        "raw_runs": raws,
-                        "burstq_cpu_us_per_request": cpu_us,
-                        "raw_cpu_us_per_request": raw_cpu_us,
-                        "ratios": [b["rps"] / r["rps"] for b, r in zip(runs, raws, strict=True)],
-                    },
-                )
-            )
-    if s.sdk_requests:
-        # Baseline: the raw client's median at the same concurrency on the mock, from above.
-        conc = s.overhead_concurrency[0]
-        raw_rate = raw_medians[conc]
-        with h.mock_server(ctx.workdir) as srv:
-            sdk = _raw(srv, s.sdk_requests, conc, sdk=True)
-        ctx.add(
-            Figure(
-                "2 overhead",
-                f"openai SDK AsyncOpenAI, c={conc} (reference)",
-                sdk["rps"],
-                "req/s",
-                "raw aiohttp client",
-                raw_rate,
-                "",
-                None,
-                f"{sdk['client']}, default httpx transport, {s.sdk_requests} requests",
-                {"sdk": sdk},
-            )
-        )
-
-
-# -- 3. latency-bound ---------------------------------------------------------------------------
+# -- 3 latency: latency-bound ----------------------------------------------------------------------
 
 
 def latency(ctx: Context) -> None:
@@ -329,7 +240,7 @@ def latency(ctx: Context) -> None:
     with h.mock_server(ctx.workdir, latency=1.0) as srv:
         out = ctx.fresh_output("out-latency.jsonl")
         run = h.burstq_run(inp, out, srv, "--concurrency", "200")
-        _check(run, out, n, "scenario 3")
+        _check(run, out, n, ctx.label)
         st = srv.stats()
     rate = n / run.wall
     span = (st["last_response_at"] or 0) - (st["first_request_at"] or 0)
@@ -338,7 +249,7 @@ def latency(ctx: Context) -> None:
     full_at = next((i for i, k in enumerate(per_s) if k >= 190), None)
     ctx.add(
         Figure(
-            "3 latency-bound",
+            ctx.label,
             "1 s latency, --concurrency 200: throughput (start to exit)",
             rate,
             "req/s",
@@ -360,7 +271,7 @@ def latency(ctx: Context) -> None:
     )
 
 
-# -- 4. memory ----------------------------------------------------------------------------------
+# -- 4 memory --------------------------------------------------------------------------------------
 
 
 def memory(ctx: Context) -> None:
@@ -379,16 +290,16 @@ def memory(ctx: Context) -> None:
     with h.mock_server(ctx.workdir) as srv:
         out_small = ctx.fresh_output("out-mem-small.jsonl")
         small = h.burstq_run(small_in, out_small, srv)
-        _check(small, out_small, sent, "scenario 4 (small)")
+        _check(small, out_small, sent, f"{ctx.label} (small)")
         if s.memory_fresh:
             ctx.log(f"fresh run of the {big:,}-line input, every request sent")
             srv.reset()
             out_fresh = ctx.fresh_output("out-mem-fresh.jsonl")
             fresh = h.burstq_run(big_in, out_fresh, srv)
-            _check(fresh, out_fresh, big, "scenario 4 (fresh)")
+            _check(fresh, out_fresh, big, f"{ctx.label} (fresh)")
             ctx.add(
                 Figure(
-                    "4 memory",
+                    ctx.label,
                     f"peak RSS, {big:,}-line input, fresh run (all sent)",
                     fresh.maxrss_mb,
                     "MB",
@@ -409,15 +320,15 @@ def memory(ctx: Context) -> None:
         out_big = ctx.fresh_output("out-mem-big.jsonl")
         h.write_done_output(big_in, out_big, big - sent)
         large = h.burstq_run(big_in, out_big, srv)
-        _check(large, out_big, big, "scenario 4 (mostly done)")
+        _check(large, out_big, big, f"{ctx.label} (mostly done)")
         st = srv.stats()
         if st["requests_total"] != sent:
             raise BenchError(
-                f"scenario 4: resume sent {st['requests_total']} requests, expected {sent}"
+                f"{ctx.label}: resume sent {st['requests_total']} requests, expected {sent}"
             )
     ctx.add(
         Figure(
-            "4 memory",
+            ctx.label,
             f"peak RSS, {big:,}-line input, {big - sent:,} done ({sent:,} sent)",
             large.maxrss_mb,
             "MB",
@@ -432,7 +343,7 @@ def memory(ctx: Context) -> None:
     )
 
 
-# -- 5. start-up --------------------------------------------------------------------------------
+# -- 5 startup -------------------------------------------------------------------------------------
 
 
 def startup(ctx: Context) -> None:
@@ -443,7 +354,7 @@ def startup(ctx: Context) -> None:
     runt, run_all = h.median_wall([*h.burstq_cmd(), "run", "--help"], k)
     ctx.add(
         Figure(
-            "5 start-up",
+            ctx.label,
             f"burstq --help (median of {k})",
             helpt,
             "s",
@@ -457,7 +368,7 @@ def startup(ctx: Context) -> None:
     )
     ctx.add(
         Figure(
-            "5 start-up",
+            ctx.label,
             f"burstq run --help (median of {k})",
             runt,
             "s",
@@ -471,7 +382,7 @@ def startup(ctx: Context) -> None:
     )
 
 
-# -- 6. resume ----------------------------------------------------------------------------------
+# -- 6 resume --------------------------------------------------------------------------------------
 
 _READ_PASS = """
 import sys, time
@@ -498,17 +409,17 @@ def resume(ctx: Context) -> None:
     read = h.run_child([h.PYTHON, "-c", _READ_PASS, str(inp), str(out)])
     with h.mock_server(ctx.workdir) as srv:
         run = h.burstq_run(inp, out, srv)
-        _check(run, out, total, "scenario 6")
+        _check(run, out, total, ctx.label)
         st = srv.stats()
     if st["requests_total"] != total - done:
         raise BenchError(
-            f"scenario 6: {st['requests_total']} requests sent, expected "
+            f"{ctx.label}: {st['requests_total']} requests sent, expected "
             f"{total - done} (finished ones re-sent?)"
         )
     first = (st["first_request_at"] or run.started) - run.started
     ctx.add(
         Figure(
-            "6 resume",
+            ctx.label,
             f"{total:,} lines, 90 % done: start to first request sent",
             first,
             "s",
@@ -528,7 +439,7 @@ def resume(ctx: Context) -> None:
     )
 
 
-# -- 9. report ----------------------------------------------------------------------------------
+# -- 9 report --------------------------------------------------------------------------------------
 
 REPORT_SMALL = 10_000
 
@@ -547,15 +458,15 @@ def report(ctx: Context) -> None:
         html.unlink(missing_ok=True)
         run = h.run_child([*h.burstq_cmd(), "report", str(path), "-o", str(html)])
         if run.returncode != 0 or not html.exists():
-            raise BenchError(f"scenario 9: burstq report exited {run.returncode}: {h.tail(run)}")
+            raise BenchError(f"{ctx.label}: burstq report exited {run.returncode}: {h.tail(run)}")
         runs[name] = (run, html.stat().st_size)
     stats = h.run_child([*h.burstq_cmd(), "stats", str(big), "--json"])
     if stats.returncode != 0 or orjson.loads(stats.stdout)["records"] != n:
-        raise BenchError(f"scenario 9: burstq stats exited {stats.returncode}: {h.tail(stats)}")
+        raise BenchError(f"{ctx.label}: burstq stats exited {stats.returncode}: {h.tail(stats)}")
     run, size = runs["big"]
     ctx.add(
         Figure(
-            "9 report",
+            ctx.label,
             f"burstq report, {n:,} records: wall time",
             run.wall,
             "s",
@@ -571,7 +482,7 @@ def report(ctx: Context) -> None:
     small_run = runs["small"][0]
     ctx.add(
         Figure(
-            "9 report",
+            ctx.label,
             f"burstq report, {n:,} records: peak RSS",
             run.maxrss_mb,
             "MB",
@@ -585,7 +496,7 @@ def report(ctx: Context) -> None:
     )
 
 
-# -- 10. several endpoints --------------------------------------------------------------------
+# -- 10 endpoints: several endpoints ---------------------------------------------------------------
 
 
 def endpoints(ctx: Context) -> None:
@@ -607,7 +518,7 @@ def endpoints(ctx: Context) -> None:
         out = ctx.fresh_output("out-endpoints.jsonl")
         argv = [*h.burstq_cmd(), "run", str(inp), "-o", str(out), "--endpoints", str(eps)]
         run = h.run_child([*argv, "--progress", "quiet"])
-        _check(run, out, n, "scenario 10 (--endpoints)")
+        _check(run, out, n, f"{ctx.label} (--endpoints)")
         sa, sb = a.stats(), b.stats()
     ceiling = r1 + r2
     ok = sa["by_status"].get("200", 0) + sb["by_status"].get("200", 0)
@@ -624,7 +535,7 @@ def endpoints(ctx: Context) -> None:
     }
     ctx.add(
         Figure(
-            "10 endpoints",
+            ctx.label,
             f"two endpoints (rpm {r1} + {r2}): achieved rate, first request to last answer",
             span_rpm,
             "req/min",
@@ -639,7 +550,7 @@ def endpoints(ctx: Context) -> None:
     )
     ctx.add(
         Figure(
-            "10 endpoints",
+            ctx.label,
             "two endpoints: 429 answers",
             limited,
             "429s",
@@ -652,23 +563,66 @@ def endpoints(ctx: Context) -> None:
     )
 
 
-from .selfhosted import selfhosted  # noqa: E402  (scenario 7 lives in its own module)
-
-SCENARIOS: dict[str, Callable[[Context], None]] = {
-    "ratelimit": ratelimit,
-    "overhead": overhead,
-    "latency": latency,
-    "memory": memory,
-    "startup": startup,
-    "resume": resume,
-    "selfhosted": selfhosted,
+# One number and one name per scenario, for --only, figure labels and docs/benchmarks.md. The
+# numbers follow the order the scenarios landed in; a scenario registered without a row here
+# is numbered after the last one (and should get its row).
+NUMBERS: dict[str, int] = {
+    "ratelimit": 1,  # issue 7: rate-limit efficiency, told and learned
+    "overhead": 2,  # issues 7, 19: end to end against the raw aiohttp client, CPU per request
+    "latency": 3,  # issue 7: latency-bound, Little's law
+    "memory": 4,  # issue 7: peak RSS against input size
+    "startup": 5,  # issue 7: --help
+    "resume": 6,  # issue 7: resume of a mostly-done input
+    "labeling": 7,  # issue 14: data rows, templates, export
+    "shared": 8,  # issue 12: the Redis limiter shared by several processes
+    "report": 9,  # issue 18: burstq report of 1M records
+    "endpoints": 10,  # issue 16: two endpoints against the sum of their ceilings
+    "incremental": 11,  # issue 15: incremental rerun after 1 % of the lines changed
+    "features": 12,  # issue 19: --endpoints, --schema, --cache on the overhead run
+    "selfhosted": 13,  # issue 13: adaptive concurrency on a self-hosted server
 }
+SCENARIOS: dict[str, Callable[[Context], None]] = {}
+
+
+def number(name: str) -> int:
+    return NUMBERS.get(name) or max(NUMBERS.values()) + 1 + list(SCENARIOS).index(name)
+
+
+def label(name: str) -> str:
+    return f"{number(name)} {name}"
+
+
+def register(name: str, fn: Callable[[Context], None]) -> None:
+    """Add a scenario under its name; SCENARIOS stays in number order."""
+    SCENARIOS[name] = fn
+    ordered = sorted(SCENARIOS.items(), key=lambda kv: number(kv[0]))
+    SCENARIOS.clear()
+    SCENARIOS.update(ordered)
 
 
 def _register() -> None:
+    from .incremental import incremental
     from .labeling import labeling
+    from .overhead import features, overhead
+    from .selfhosted import selfhosted
+    from .shared import shared
 
-    SCENARIOS["labeling"] = labeling
+    for name, fn in (
+        ("ratelimit", ratelimit),
+        ("overhead", overhead),
+        ("latency", latency),
+        ("memory", memory),
+        ("startup", startup),
+        ("resume", resume),
+        ("labeling", labeling),
+        ("shared", shared),
+        ("report", report),
+        ("endpoints", endpoints),
+        ("incremental", incremental),
+        ("features", features),
+        ("selfhosted", selfhosted),
+    ):
+        register(name, fn)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""Scenario 7 (issue 13): a self-hosted server with no rate-limit headers.
+"""Scenario 13 selfhosted (issue 13): a self-hosted server with no rate-limit headers.
 
 The mock in slots mode (`burstq mock-server --slots N`: N parallel slots, a FIFO queue, service
 time per completion token, abandoned requests keep their slot) stands in for llama.cpp / vLLM.
@@ -49,7 +49,7 @@ def _one(
         if run.returncode not in (0, 1):
             from .scenarios import BenchError
 
-            raise BenchError(f"scenario 7: burstq exited {run.returncode}: {h.tail(run)}")
+            raise BenchError(f"{ctx.label}: burstq exited {run.returncode}: {h.tail(run)}")
         st = srv.stats()
     ok = st["by_status"].get("200", 0)
     span = (st["last_response_at"] or 0) - (st["first_request_at"] or 0)
@@ -97,7 +97,7 @@ def selfhosted(ctx: Context) -> None:
             best = fixed[best_c]["rps"]
             ctx.add(
                 Figure(
-                    "7 self-hosted",
+                    ctx.label,
                     f"N={slots} {kind}: adaptive throughput",
                     adaptive["rps"],
                     "req/s",
@@ -112,7 +112,7 @@ def selfhosted(ctx: Context) -> None:
             )
             ctx.add(
                 Figure(
-                    "7 self-hosted",
+                    ctx.label,
                     f"N={slots} {kind}: adaptive timeouts",
                     adaptive["timeouts"],
                     "timeouts",

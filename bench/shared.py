@@ -1,5 +1,5 @@
-"""Scenario 7, the shared limiter (--limiter redis://): three processes against one ceiling,
-and what the limiter costs one process.
+"""Scenario 8 shared, the shared limiter (--limiter redis://): three processes against one
+ceiling, and what the limiter costs one process.
 
 - Three `burstq run` processes, each told the whole --rpm R, share one Redis limit key
   against the mock server enforcing R in 1 s quanta. Baseline: R itself. Target: together
@@ -103,7 +103,7 @@ def shared(ctx: Context) -> None:
         for t in threads:
             t.join()
         for run, out in zip(runs, outs, strict=True):
-            _check(run, out, per, "scenario 7 (shared)")
+            _check(run, out, per, f"{ctx.label} (shared)")
         st = srv.stats()
     ok = st["by_status"].get("200", 0)
     limited = st["rate_limited"]
@@ -114,7 +114,7 @@ def shared(ctx: Context) -> None:
     span_rpm = ok / span * 60 if span > 0 else 0.0
     ctx.add(
         Figure(
-            "7 shared limiter",
+            ctx.label,
             "3 processes, one --limiter: combined rate",
             steady,
             "req/min",
@@ -129,7 +129,7 @@ def shared(ctx: Context) -> None:
     )
     ctx.add(
         Figure(
-            "7 shared limiter",
+            ctx.label,
             "3 processes, one --limiter: 429 answers",
             limited,
             "429s",
@@ -151,14 +151,14 @@ def shared(ctx: Context) -> None:
         with h.fast_server(ctx.workdir) as srv:
             out = ctx.fresh_output("out-shared-plain.jsonl")
             run = h.burstq_run(inp, out, srv, "--concurrency", "128", quiet=True)
-            _check(run, out, n, "scenario 7 (no limiter)")
+            _check(run, out, n, f"{ctx.label} (no limiter)")
             without.append(run)
         with redis_server(ctx.workdir) as (url, client), h.fast_server(ctx.workdir) as srv:
             out = ctx.fresh_output("out-shared-limiter.jsonl")
             # A ceiling far above what one process reaches: what is measured is the booking.
             extra = ("--concurrency", "128", "--rpm", "6000000", "--limiter", url)
             run = h.burstq_run(inp, out, srv, *extra, quiet=True)
-            _check(run, out, n, "scenario 7 (limiter)")
+            _check(run, out, n, f"{ctx.label} (limiter)")
             with_runs.append(run)
             calls.append(_evalsha_calls(client))
     import statistics
@@ -170,7 +170,7 @@ def shared(ctx: Context) -> None:
     batch = n / statistics.median(calls) if calls and statistics.median(calls) else None
     ctx.add(
         Figure(
-            "7 shared limiter",
+            ctx.label,
             "one process with --limiter, fast server, c=128",
             rps,
             "req/s",

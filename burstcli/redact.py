@@ -63,6 +63,27 @@ def redact(text: str) -> str:
     return pattern.sub(MASK, text)
 
 
+# redact_name's memo: text -> (the pattern it was redacted with, the result). A result made
+# with an older pattern (a secret registered since) is never used.
+_names: dict[str, tuple[re.Pattern[str] | None, str]] = {}
+_NAMES_MAX = 1024
+NAME_CHARS = 200
+
+
+def redact_name(text: str) -> str:
+    """`redact_cut(text, NAME_CHARS)` for the short strings a provider repeats in every answer
+    (the model that answered): computed once per distinct name and secret set."""
+    pattern = _pattern
+    hit = _names.get(text)
+    if hit is not None and hit[0] is pattern:
+        return hit[1]
+    out = redact_cut(text, NAME_CHARS)
+    if len(_names) >= _NAMES_MAX:
+        _names.clear()
+    _names[text] = (pattern, out)
+    return out
+
+
 def redact_cut(text: str, limit: int) -> str:
     """Redact, then cap at `limit` characters (never the other way round)."""
     text = redact(text)

@@ -239,7 +239,44 @@ def _trusted(obj: dict[str, Any], line: int, default_model: str) -> Request:
     )
 
 
+_SIMPLE_KEYS = frozenset({"id", "input", "model", "priority", "metadata"})
+
+
+def _simple_native(obj: dict[str, Any], line: int, default_model: str) -> Request | None:
+    """The common line, a text prompt with at most an id, model, priority and metadata, when
+    it is plainly what NativeLine accepts (strict types, so exactly the same values): the
+    Request without pydantic. None: anything else, which full validation then judges."""
+    if not obj.keys() <= _SIMPLE_KEYS:
+        return None
+    text = obj.get("input")
+    if type(text) is not str or not text.strip():
+        return None
+    rid = obj.get("id")
+    if rid is not None and type(rid) is not str and type(rid) is not int:
+        return None
+    model = obj.get("model")
+    if model is not None and (type(model) is not str or not model):
+        return None
+    priority = obj.get("priority", 5)
+    if type(priority) is not int or not 1 <= priority <= 10:
+        return None
+    metadata = obj.get("metadata")
+    if metadata is not None and type(metadata) is not dict:
+        return None
+    return make_request(
+        line,
+        str(rid) if rid is not None and rid != "" else f"line-{line}",
+        "chat",
+        model or default_model,
+        {"messages": [{"role": "user", "content": text}]},
+        priority,
+        metadata,
+    )
+
+
 def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
+    if (simple := _simple_native(obj, line, default_model)) is not None:
+        return simple
     raw_id = obj.get("id")
     rid = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
     try:

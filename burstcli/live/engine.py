@@ -40,7 +40,7 @@ from ..models import (
     now_iso,
 )
 from ..money.budget import Budget
-from ..redact import redact_cut
+from ..redact import redact_name
 from .adaptive import work_of
 from .client import CallError
 from .outcomes import read_answer, too_long_wait, unwritable
@@ -116,6 +116,7 @@ class Engine:
         self._warn = warn or (lambda msg: None)
         self._warned = False  # per-token embeddings: said once
         self._probe_now = asyncio.Event()  # the first request timed out: probe at once
+        self._now: Callable[[], float] = time.monotonic  # the loop's clock, once run() starts
 
     # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -132,6 +133,7 @@ class Engine:
 
     async def run(self, items: AsyncIterator[Request | InvalidLine]) -> RunOutcome:
         self.tally.started = time.time()
+        self._now = asyncio.get_running_loop().time
         self._dispatcher = asyncio.create_task(self._dispatch(items))
         probes = [
             asyncio.create_task(
@@ -196,7 +198,8 @@ class Engine:
             # The slot first, then the item: what is sent next is chosen as late as possible,
             # so a high-priority line that arrived meanwhile (stdin) goes first.
             try:
-                ep = await router.slot()
+                # A free slot is taken without a coroutine round trip (the common case).
+                ep = router.try_slot() or await router.slot()
             except NoEndpoint as exc:  # every endpoint retired
                 self._fail_run(exc.err)
                 return
@@ -250,7 +253,7 @@ class Engine:
                     CallError("internal_error", f"{type(exc).__name__}: {exc}"),
                     0,
                     0,
-                    asyncio.get_running_loop().time(),
+                    self._now(),
                 )
             cost = result.cost_usd
             self._record(result)
@@ -283,20 +286,22 @@ class Engine:
         attempts = unanswered = free_moves = 0
         reroute = False
         avoid: Endpoint | None = None  # where the request last failed for the endpoint's fault
-        started = asyncio.get_running_loop().time()
+        now = self._now
+        started = now()
         last: CallError | None = None
         validator = cfg.validators.for_body(req.body) if cfg.validators is not None else None
         parsed: Any = None
         # Answers refused as invalid were still billed: their usage and cost are carried.
         billed: list[tuple[str, dict[str, Any]]] = []
         ceiling = ep.limits.tpm_ceiling
-        if ceiling and req.est_tokens > ceiling:
+        est = req.est_tokens  # a property: computed once per request, not per use
+        if ceiling and est > ceiling:
             # It can never fit in a minute's allowance: sending it would only earn a 429.
             return self._failed(
                 req,
                 CallError(
                     "request_too_large",
-                    f"request needs ~{req.est_tokens} tokens (prompt chars/4 "
+                    f"request needs ~{est} tokens (prompt chars/4 "
                     f"+ max_tokens) but the TPM ceiling is {ceiling:g}; shorten it or lower "
                     "max_tokens",
                 ),
@@ -321,7 +326,8 @@ class Engine:
                         break
                 limits = ep.limits
                 try:
-                    await limits.pace(req.est_tokens)
+                    if not limits.try_pace(est):
+                        await limits.pace(est)
                 except LimiterUnavailable as exc:
                     # The shared budget is out of reach: sending anyway could overrun it.
                     # Stop the run; this request stays unrecorded for the rerun.
@@ -329,7 +335,7 @@ class Engine:
                 if self._stop in ("interrupted", "fatal"):
                     # Not sent yet: leave it unrecorded, a resume sends it.
                     raise asyncio.CancelledError
-                sent_at = asyncio.get_running_loop().time()
+                sent_at = now()
                 if attempts == 0:
                     started = sent_at  # latency excludes our queue
                 attempts += 1
@@ -434,9 +440,9 @@ class Engine:
                 usage = clean_usage(reply.data.get("usage"))
                 limits.on_success(
                     reply.headers,
-                    req.est_tokens,
+                    est,
                     int(usage.get("total_tokens") or 0) if usage else None,
-                    latency=asyncio.get_running_loop().time() - sent_at,
+                    latency=now() - sent_at,
                     work=work_of(usage),
                     in_flight=in_flight,
                 )
@@ -553,10 +559,10 @@ class Engine:
             status="completed",
             model=req.model,
             # The provider's word (e.g. a snapshot), and provider text: redacted like a message.
-            model_used=redact_cut(str(data.get("model") or model), 200),
+            model_used=redact_name(str(data.get("model") or model)),
             output=output,
             embedding=embedding,
-            latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            latency_ms=round((self._now() - started) * 1000, 1),
             attempts=attempts,
             usage=usage,
             cost_usd=cost,
@@ -591,7 +597,7 @@ class Engine:
             output=None,
             attempts=attempts,
             error=err.as_dict(),
-            latency_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            latency_ms=round((self._now() - started) * 1000, 1),
             metadata=req.metadata,
             finished_at=now_iso(),
             unanswered_attempts=unanswered,

@@ -90,13 +90,11 @@ def prioritized(
     return ordered()
 
 
-async def chain(
+def chain(
     first: list[InvalidLine], then: Iterator[Request]
 ) -> AsyncIterator[Request | InvalidLine]:
-    for item in first:
-        yield item
-    async for req in aiter_items(then):
-        yield req
+    # One async generator over both: every item the dispatcher takes passes through it.
+    return aiter_items(itertools.chain(first, then))
 
 
 async def with_defaults(

@@ -166,6 +166,13 @@ class Gate:
                 raise
         self.active += 1
 
+    def try_acquire(self) -> bool:
+        """acquire() when it would not wait (it then never suspends either)."""
+        if self.active < self.limit:
+            self.active += 1
+            return True
+        return False
+
     def release(self) -> None:
         self.active -= 1
         self._wake()
@@ -272,6 +279,16 @@ class Limits:
                 if self._clock() < self.paused_until:
                     continue  # a 429 arrived while we waited: book again after the pause
             return
+
+    def try_pace(self, tokens: int) -> bool:
+        """True when pace(tokens) would return at once and book nothing: no pause, no
+        shared limiter, no rate to pace (an unlimited run skips the coroutine entirely)."""
+        return (
+            self.shared is None
+            and not self.requests.rate
+            and not self.tokens.rate
+            and self._clock() >= self.paused_until
+        )
 
     async def _pace_shared(self, shared: SharedPacer, tokens: int) -> None:
         while True:
@@ -433,6 +450,11 @@ class Limits:
 
     def _learn(self, headers: Mapping[str, str]) -> None:
         """Adopt ceilings from x-ratelimit-limit-* when the user gave none (or a higher one)."""
+        if (
+            "x-ratelimit-limit-requests" not in headers
+            and "x-ratelimit-limit-tokens" not in headers
+        ):
+            return  # most self-hosted servers send neither: nothing to learn, every answer
         for kind, pacer in (("requests", self.requests), ("tokens", self.tokens)):
             raw = headers.get(f"x-ratelimit-limit-{kind}")
             if not raw:

@@ -171,6 +171,14 @@ class Router:
         self.multi = len(self.endpoints) > 1 or self.endpoints[0].spec.name is not None
 
     # -- slots --------------------------------------------------------------------------------
+    def try_slot(self) -> Endpoint | None:
+        """A free slot on the one endpoint of a plain run, taken without waiting; None when
+        `slot()` must decide (several endpoints, or no room)."""
+        if self.multi:
+            return None
+        only = self.endpoints[0]
+        return only if only.limits.gate.try_acquire() else None
+
     async def slot(self, model: str | None = None, avoid: Endpoint | None = None) -> Endpoint:
         """A slot on the best endpoint for `model` (any model when None), waiting for room;
         `avoid` (where the request just failed) only if nothing else can take it now."""

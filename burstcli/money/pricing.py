@@ -148,6 +148,7 @@ class PriceBook:
         # Models with input but no output price in genai-prices (embeddings, moderation): a
         # completion token count for them cannot be priced, so cost() returns None then.
         self._no_output_price: set[str] = set()
+        self._costs: dict[tuple[str, bool, tuple[int, int, int]], float | None] = {}
 
     def price(self, model: str) -> ModelPrice | None:
         """Prices for ``model``, or None (after one warning per model) when nothing is known."""
@@ -176,6 +177,19 @@ class PriceBook:
         counts = _token_counts(usage)
         if counts is None:
             return None
+        # Every answer of a run asks this: the result for the same model and counts is
+        # computed once (prices that change with the time of day are looked up each time).
+        key = (model, batch, counts)
+        if key in self._costs:
+            return self._costs[key]
+        usd = self._cost(model, counts, batch)
+        if model not in self._time_dependent:
+            if len(self._costs) >= _COSTS_MAX:
+                self._costs.clear()
+            self._costs[key] = usd
+        return usd
+
+    def _cost(self, model: str, counts: tuple[int, int, int], batch: bool) -> float | None:
         price = self.price(model)
         if price is None:
             return None
@@ -283,6 +297,9 @@ def _type_name(value: object) -> str:
     if isinstance(value, str):
         return f"string {value!r}"
     return "null" if value is None else type(value).__name__
+
+
+_COSTS_MAX = 65_536  # distinct (model, token counts) remembered; cleared when full
 
 
 def _batch_rates(price: ModelPrice, batch: bool) -> tuple[ModelPrice, float]:

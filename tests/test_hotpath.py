@@ -1,0 +1,130 @@
+"""The hot path's shortcuts (issue 19) give exactly what the long way gives.
+
+Each shortcut is checked against the code it bypasses: the scan's fast path for plain native
+lines against full pydantic validation, the once-a-second timestamp against datetime, the
+memoised model-name redaction against a secret registered later, the cost memo against a
+fresh price book, and the slot/pace shortcuts against the waits they skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from burstcli import redact
+from burstcli.files import reader
+from burstcli.live.limits import Gate, Limits
+from burstcli.models import InvalidLine, Request, now_iso
+from burstcli.money.pricing import ModelPrice, PriceBook
+
+LINES: list[Any] = [
+    {"id": "r1", "input": "say 1"},
+    {"id": 7, "input": "hi", "model": "gpt-4o", "priority": 10, "metadata": {"k": [1, 2]}},
+    {"input": "no id"},
+    {"id": "", "input": "empty id"},
+    {"id": None, "input": "null id", "model": None, "metadata": None},
+    {"id": "r2", "input": "p1", "priority": 1},
+    # Each of these must leave the fast path: full validation decides, with its message.
+    {"id": True, "input": "bool id"},
+    {"id": 1.5, "input": "float id"},
+    {"id": "r3", "input": "x", "priority": 0},
+    {"id": "r3", "input": "x", "priority": 11},
+    {"id": "r3", "input": "x", "priority": 5.0},
+    {"id": "r3", "input": "x", "priority": True},
+    {"id": "r3", "input": "x", "priority": None},
+    {"id": "r3", "input": "x", "model": ""},
+    {"id": "r3", "input": "x", "model": 3},
+    {"id": "r3", "input": "   "},
+    {"id": "r3", "input": ""},
+    {"id": "r3", "input": ["a", "b"]},
+    {"id": "r3", "input": "x", "metadata": [1]},
+    {"id": "r3", "input": "x", "params": {"temperature": 0}},
+    {"id": "r3", "input": "x", "endpoint": "embeddings"},
+    {"id": "r3", "input": "x", "unknown": 1},
+    {"id": "r3", "messages": [{"role": "user", "content": "m"}]},
+    {"id": "line-9", "input": "reserved id on another line"},
+]
+
+
+def _outcome(item: Request | InvalidLine | None) -> Any:
+    if isinstance(item, InvalidLine):
+        return ("invalid", item.line, item.id, item.message)
+    return item
+
+
+@pytest.mark.parametrize("obj", LINES, ids=lambda o: orjson.dumps(o).decode()[:40])
+def test_fast_path_matches_full_validation(obj: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = orjson.dumps(obj)
+    fast = reader.parse_line(raw, 3, "gpt-4o-mini")
+    with monkeypatch.context() as m:
+        m.setattr(reader, "_simple_native", lambda *a: None)
+        full = reader.parse_line(raw, 3, "gpt-4o-mini")
+    assert _outcome(fast) == _outcome(full)
+    # And the dispatch pass, which trusts the scan, builds the same request again.
+    if isinstance(full, Request):
+        assert reader.parse_line(raw, 3, "gpt-4o-mini", trusted=True) == full
+
+
+def test_fast_path_takes_the_plain_lines_only() -> None:
+    assert reader._simple_native({"id": "a", "input": "x"}, 1, "m") is not None
+    assert reader._simple_native({"id": True, "input": "x"}, 1, "m") is None
+    assert reader._simple_native({"input": "x", "params": {}}, 1, "m") is None
+
+
+def test_now_iso_is_utc_milliseconds_like_datetime() -> None:
+    before = datetime.now(UTC)
+    stamp = now_iso()
+    after = datetime.now(UTC)
+    assert len(stamp) == 24 and stamp.endswith("Z") and stamp[19] == "."
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= parsed <= after
+    # Two calls in one second share the formatted second, not a stale millisecond.
+    assert now_iso()[:19] >= stamp[:19]
+
+
+def test_redact_name_forgets_results_once_a_secret_is_registered() -> None:
+    redact.forget_all()
+    try:
+        name = "model-sk-live-abcdefghijklmnop"
+        assert redact.redact_name(name) == name  # no secret yet: memoised as is
+        redact.register("sk-live-abcdefghijklmnop")
+        assert redact.redact_name(name) == "model-[REDACTED]"
+        assert redact.redact_name("x" * 300) == "x" * 200 + "..."  # capped like redact_cut
+    finally:
+        redact.forget_all()
+
+
+def test_cost_memo_gives_the_computed_cost() -> None:
+    price = ModelPrice(1.0, 2.0, 0.5, "override:test")
+    book = PriceBook(None, warn=lambda _m: None)
+    book._overrides["m"] = price
+    usage = {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010}
+    first = book.cost("m", usage)
+    assert first == pytest.approx((1000 * 1.0 + 10 * 2.0) / 1e6)
+    assert book.cost("m", dict(usage)) == first  # from the memo
+    other = {"prompt_tokens": 1000, "completion_tokens": 20, "total_tokens": 1020}
+    assert book.cost("m", other) == pytest.approx((1000 + 40) / 1e6)  # other counts: not it
+    assert book.cost("m", usage, batch=True) == pytest.approx(first / 2)
+    assert book.cost("m", None) is None
+
+
+async def test_try_slot_and_try_pace_only_when_nothing_would_wait() -> None:
+    gate = Gate(1)
+    assert gate.try_acquire() and gate.active == 1
+    assert not gate.try_acquire()  # full: acquire() would wait
+    gate.release()
+
+    now = [100.0]
+    free = Limits(concurrency=4, clock=lambda: now[0], slow_start=False)
+    assert free.try_pace(10)
+    free.on_rate_limited({}, 2.0)  # a 429 pauses the run: pace() must wait it out
+    assert not free.try_pace(10)
+    now[0] += 2.5
+    assert free.try_pace(10)
+    paced = Limits(concurrency=4, rpm=600, clock=lambda: now[0], slow_start=False)
+    assert not paced.try_pace(10)  # pacing on: pace() books
+    await asyncio.wait_for(paced.pace(10), 1)
