@@ -245,4 +245,4 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
     # The scan checks for the signal every few thousand lines: about 0.3 s to exit on an idle
     # machine. A scan that ignored the signal would first parse all 1.5M lines, several times
     # longer than start-up and hashing took; the bound scales with how busy the runner is.
-    assert took < max(2.0, 2 * before), (took, before, err)
+    assert took < max(3.0, 3 * before), (took, before, err)
