@@ -189,7 +189,8 @@ def ratelimit(ctx: Context) -> None:
         span = (st["last_response_at"] or 0) - (st["first_request_at"] or 0)
         span_rpm = ok / span * 60 if span > 0 else 0.0
         share = limited / max(1, st["requests_total"])
-        want_rate, want_429 = (0.97, "0") if told else (0.90, "< 2 %")
+        # issue 19: 0.97 of a known ceiling with no 429, 0.95 learned (issue 7 asked 0.90)
+        want_rate, want_429 = (0.97, "0") if told else (0.95, "< 2 %")
         details = {
             "wall_s": run.wall,
             "server_span_s": span,
@@ -305,8 +306,8 @@ def memory(ctx: Context) -> None:
                     "MB",
                     f"{sent:,}-line input",
                     small.maxrss_mb,
-                    "<= 120 % of baseline",
-                    fresh.maxrss_mb <= 1.2 * small.maxrss_mb,
+                    "<= 110 % of baseline",  # issue 19 (issue 7: 120 %)
+                    fresh.maxrss_mb <= 1.1 * small.maxrss_mb,
                     f"{big:,} requests through the mock in {fresh.wall:.1f} s "
                     f"({big / fresh.wall:,.0f} req/s)",
                     {"wall_s": fresh.wall, "cpu_s": fresh.cpu, "small_wall_s": small.wall},
@@ -334,8 +335,8 @@ def memory(ctx: Context) -> None:
             "MB",
             f"{sent:,}-line input",
             small.maxrss_mb,
-            "<= 120 % of baseline",
-            large.maxrss_mb <= 1.2 * small.maxrss_mb,
+            "<= 110 % of baseline",
+            large.maxrss_mb <= 1.1 * small.maxrss_mb,
             f"both runs send {sent:,} requests; this one also hashes, scans and skips "
             f"{big - sent:,} done lines",
             {"wall_s": large.wall},
@@ -360,8 +361,8 @@ def startup(ctx: Context) -> None:
             "s",
             "python -c pass",
             base,
-            "< 0.3 s",
-            helpt < 0.3,
+            "< 0.2 s",  # issue 19 (issue 7: 0.3 s)
+            helpt < 0.2,
             f"runs {min(help_all):.3f}..{max(help_all):.3f} s",
             {"burstq_help": help_all, "python_pass": base_all},
         )
@@ -425,8 +426,8 @@ def resume(ctx: Context) -> None:
             "s",
             "python: read INPUT + OUTPUT line by line",
             read.wall,
-            "seconds (< 10 s)",
-            first < 10.0,
+            "< 3 s",  # issue 19 (issue 7: "in seconds")
+            first < 3.0,
             f"whole rerun ({total - done:,} requests sent, none re-sent) {run.wall:.1f} s; "
             f"peak RSS {run.maxrss_mb:.0f} MB",
             {
