@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import UsageError
+from .fmt import duration as _duration
+from .fmt import ms as _ms
 
 # The first bytes of every report: `burstq report` overwrites only files that start so.
 MARKER = "<!DOCTYPE html>\n<!-- burstq report -->\n"
@@ -62,31 +64,12 @@ def _pygal() -> Any:
     return pygal
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1000:
-        return f"{value:,.0f} ms"
-    return f"{value / 1000:,.2f} s"
-
-
 def _money(value: float | None) -> str:
     if value is None:
         return "no price"
     if value < 1:
         return f"${value:.6f}"
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-    return f"{s // 60}m{s % 60:02d}s"
 
 
 def _clock(offset: float, width: float) -> str:

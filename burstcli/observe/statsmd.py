@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fmt import bound as _bound
+from .fmt import duration as _duration
+from .fmt import ms as _ms
+from .fmt import pct as _pct
 from .statsview import bar, sparkline
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+!|~"} | {"\n": " ", "\r": " "})
@@ -20,39 +24,12 @@ def escape(text: str) -> str:
     return str(text).translate(_MD_SPECIAL)
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1000:
-        return f"{value:,.0f} ms"
-    return f"{value / 1000:,.2f} s"
-
-
 def _money(value: float | None) -> str:
     if value is None:
         return "no price"
     if value < 1:
         return f"${value:.6f}"
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-    return f"{s // 60}m{s % 60:02d}s"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _bound(ms: int) -> str:
-    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms}ms"
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:

@@ -14,18 +14,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .fmt import bound as _bound
+from .fmt import duration as _duration
+from .fmt import ms as _ms
+from .fmt import pct as _pct
+
 SPARKS = "▁▂▃▄▅▆▇█"
 # Eighths of a block, so a bar of 40 cells resolves 320 steps instead of 40.
 EIGHTHS = " ▏▎▍▌▋▊▉"
 BAR_WIDTH = 40
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1000:
-        return f"{value:,.0f} ms"
-    return f"{value / 1000:,.2f} s"
 
 
 def _money(value: float | None) -> str:
@@ -38,25 +35,6 @@ def _money(value: float | None) -> str:
     if value < 1:
         return f"${value:#.3g}" if value >= 1e-4 else f"${value:.2e}"
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-    return f"{s // 60}m{s % 60:02d}s"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _bound(ms: int) -> str:
-    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms}ms"
 
 
 def bar(count: int, largest: int, width: int = BAR_WIDTH) -> str:
