@@ -192,18 +192,22 @@ async def test_kill_mid_poll_and_mid_collection(
     assert srv.stats()["batches_created"] == 4
     assert not out.exists() or read_jsonl(out) == []
 
-    # A crash in the middle of collecting: after the first shard, each collection writes its
-    # records and dies before the state file learns of it (as with kill -9, nothing that
-    # comes later runs, whichever shard gets there).
+    # A crash in the middle of collecting: after the first shard, the next collection whose
+    # requests go to another round writes its records and dies before the state file learns
+    # of it (as with kill -9, nothing that comes later runs). At that instant another shard's
+    # task saves the state (a poll's status change can): the retries of a shard that still
+    # looks submitted must not be in it, or the rerun sends them twice.
     real_close = BatchRun._close
     closes = 0
 
-    def close_then_die(self: BatchRun, shard: Any) -> None:
+    def close_then_die(self: BatchRun, shard: Any, carried: Any = ()) -> None:
         nonlocal closes
         closes += 1
-        if closes >= 2:
+        carried = list(carried)
+        if closes >= 2 and carried:
+            self.save()
             raise Killed
-        real_close(self, shard)
+        real_close(self, shard, carried)
 
     monkeypatch.setattr(BatchRun, "_close", close_then_die)
     with pytest.raises(Killed):
@@ -211,7 +215,7 @@ async def test_kill_mid_poll_and_mid_collection(
     monkeypatch.undo()
     partial = read_jsonl(out)
     assert 0 < len(partial) < 25
-    assert sum(s["state"] == "done" for s in state_of(out)["shards"]) == 1
+    assert 1 <= sum(s["state"] == "done" for s in state_of(out)["shards"]) <= 3
 
     outcome, _, _ = await run(cfg)
     assert outcome.reason == "done"

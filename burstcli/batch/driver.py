@@ -431,8 +431,7 @@ class BatchRun:
                 f"{len(shard.lines)} requests; resubmitting in batches of at most "
                 f"{self.state.group_limits[shard.model]}"
             )
-            self.state.retry.extend(pendings(shard))
-            self._close(shard)
+            self._close(shard, pendings(shard))
             self.save()
             return True
         return False  # one request over the limit: an ordinary failed round
@@ -454,7 +453,11 @@ class BatchRun:
         if event is not None:
             event.set()
 
-    def _close(self, shard: Shard) -> None:
+    def _close(self, shard: Shard, carried: Iterable[Pending] = ()) -> None:
+        """Forget `shard` and hand its unfinished requests to the next round, in one step with
+        no await and nothing that can fail between: a save by another shard's task can never
+        store the retries of a shard that still looks submitted (they would be sent twice)."""
+        self.state.retry.extend(carried)
         shard.state = "done"
         shard.lines = {}
         shard.list_inputs = []
@@ -548,8 +551,7 @@ class BatchRun:
                 settle(cid, line, LineOutcome(verdict, why))
         self.journal.write(records)
         # Records are on disk; only now may the state forget the shard.
-        self.state.retry.extend(carried)
-        self._close(shard)
+        self._close(shard, carried)
         self.save()
         self._update_in_flight()
 
