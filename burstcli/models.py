@@ -348,3 +348,22 @@ def invalid_result(item: InvalidLine) -> Result:
         },
         finished_at=now_iso(),
     )
+
+
+def unwritable(result: Result, exc: Exception) -> Result:
+    """The failed record of a result that could not be serialized: only fields burstq made."""
+    return Result(
+        request_id=result.request_id,
+        line=result.line,
+        status="failed",
+        model=result.model,
+        attempts=result.attempts,
+        latency_ms=result.latency_ms,
+        error={
+            "type": "internal_error",
+            "message": f"the record could not be written: {exc}",
+            "status_code": None,
+        },
+        finished_at=result.finished_at,
+        unanswered_attempts=result.unanswered_attempts,
+    )

@@ -609,3 +609,48 @@ async def test_retry_failed_replaces_failed_records(tmp_path: Path, server) -> N
     by_id = check_exactly_once(out, {"ok", "flaky"})
     assert by_id["flaky"]["status"] == "completed"
     assert srv.stats()["batch_lines_submitted"] == 3
+
+
+@pytest.mark.parametrize("output_format", ["burstq", "openai-batch"])
+def test_unserializable_answer_is_one_failed_record_counted_as_failed(output_format: str) -> None:
+    """A provider's batch answer JSON can read but not write back (nested past orjson's
+    limit): that line's record is an internal_error failure, and the tally says failed."""
+    from burstcli.batch.lines import LineOutcome
+    from burstcli.batch.plan import BatchSettings
+
+    run = object.__new__(BatchRun)  # only what _emit uses
+    run.tally, run.budget, run.held = Tally(), None, {}
+    run.settings = BatchSettings(10, "24h", output_format, 3, 0.1, 1.0)
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    body = {"id": "x", "choices": [{"message": {"content": "hi"}}], "extra": deep}
+    out = LineOutcome("completed", body=body, status_code=200, request_id="req_1")
+    result = dataclasses.replace(
+        line_result_for_test(), output={"deep": deep} if output_format == "burstq" else "hi"
+    )
+    line = run._emit(result, out)
+    rec = orjson.loads(line)
+    if output_format == "openai-batch":
+        assert rec["custom_id"] == "r1" and rec["response"] is None
+        assert rec["error"]["code"] == "internal_error"
+    else:
+        assert rec["request_id"] == "r1" and rec["line"] == 7 and rec["status"] == "failed"
+        assert rec["error"]["type"] == "internal_error"
+        assert rec["attempts"] == 1
+    assert (run.tally.completed, run.tally.failed) == (0, 1)
+    assert run.tally.errors == {"internal_error": 1}
+
+
+def line_result_for_test() -> Any:
+    from burstcli.models import Result
+
+    return Result(
+        request_id="r1",
+        line=7,
+        status="completed",
+        model="gpt-4o-mini",
+        attempts=1,
+        output="hi",
+        finished_at="2026-12-01T00:00:00.000Z",
+    )

@@ -29,13 +29,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
+
 from ..config import JobSpec
 from ..errors import FatalProviderError
 from ..files.formats import to_openai_batch_line
 from ..files.journal import Journal
 from ..files.reader import Done, FileSource
 from ..files.rows import parser_for
-from ..models import InvalidLine, Result, RunOutcome, Tally, invalid_result, now_iso
+from ..models import (
+    InvalidLine,
+    Result,
+    RunOutcome,
+    Tally,
+    invalid_result,
+    now_iso,
+    unwritable,
+)
 from ..money.budget import Budget
 from .lines import (
     LineOutcome,
@@ -476,7 +486,7 @@ class BatchRun:
         status = str(batch.get("status"))
         latency = latency_ms(batch)
         seen: set[str] = set()
-        records: list[dict[str, Any]] = []
+        records: list[bytes] = []
         carried: list[Pending] = []
         list_inputs = set(shard.list_inputs)
 
@@ -501,7 +511,7 @@ class BatchRun:
             records.append(self._emit(result, out))
             self.done.add(line)
             if len(records) >= JOURNAL_CHUNK:
-                self.journal.write(records)
+                self.journal.write_lines(records)
                 records.clear()
 
         for key in ("output_file_id", "error_file_id"):
@@ -549,7 +559,7 @@ class BatchRun:
                 # through again.
                 verdict: Verdict = "failed" if status == "cancelled" else "retry"
                 settle(cid, line, LineOutcome(verdict, why))
-        self.journal.write(records)
+        self.journal.write_lines(records)
         # Records are on disk; only now may the state forget the shard.
         self._close(shard, carried)
         self.save()
@@ -570,10 +580,21 @@ class BatchRun:
             return None
         return dest
 
-    def _emit(self, result: Result, out: LineOutcome | None) -> dict[str, Any]:
+    def _emit(self, result: Result, out: LineOutcome | None) -> bytes:
+        """The serialized record of `result`, counted in the tally. One that cannot be
+        serialized (a value JSON cannot hold) becomes that line's failed record, counted as
+        such, and never takes the other records of its write down with it."""
+        try:
+            line = orjson.dumps(self._format(result, out))
+        except (TypeError, ValueError) as exc:
+            result, out = unwritable(result, exc), None
+            line = orjson.dumps(self._format(result, out))
         self.tally.count(result)
         if self.budget is not None:
             self.budget.settle(self.held.pop(result.line, 0.0), result.cost_usd)
+        return line
+
+    def _format(self, result: Result, out: LineOutcome | None) -> dict[str, Any]:
         record = result.record()
         if self.settings.output_format == "openai-batch":
             return to_openai_batch_line(
@@ -604,11 +625,11 @@ class BatchRun:
                 )
                 records.append(self._emit(result, out))
                 self.done.add(line)
-        self.journal.write(records)
+        self.journal.write_lines(records)
         self._close(shard)
         self.save()
 
     def record_invalid(self, items: list[InvalidLine]) -> None:
-        self.journal.write([self._emit(invalid_result(item), None) for item in items])
+        self.journal.write_lines([self._emit(invalid_result(item), None) for item in items])
         for item in items:
             self.done.add(item.line)

@@ -38,12 +38,13 @@ from ..models import (
     Tally,
     invalid_result,
     now_iso,
+    unwritable,
 )
 from ..money.budget import Budget
 from ..redact import redact_name
 from .adaptive import work_of
 from .client import CallError
-from .outcomes import read_answer, too_long_wait, unwritable
+from .outcomes import read_answer, too_long_wait
 from .probe import open_when_reachable
 from .router import Endpoint, NoEndpoint, Router
 from .shared import LimiterUnavailable

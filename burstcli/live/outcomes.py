@@ -1,32 +1,13 @@
-"""Outcomes the engine builds from what went wrong: a record that could not be written, an
-answer that cannot be read, a pause longer than --max-wait (moved out of engine.py)."""
+"""Outcomes the engine builds from what went wrong: an answer that cannot be read, a pause
+longer than --max-wait (moved out of engine.py). A record that cannot be written is
+models.unwritable, shared with batch mode."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..files.answers import extract_output
-from ..models import Result
 from .client import CallError
-
-
-def unwritable(result: Result, exc: Exception) -> Result:
-    """The failed record of a result that could not be serialized: only fields burstq made."""
-    return Result(
-        request_id=result.request_id,
-        line=result.line,
-        status="failed",
-        model=result.model,
-        attempts=result.attempts,
-        latency_ms=result.latency_ms,
-        error={
-            "type": "internal_error",
-            "message": f"the record could not be written: {exc}",
-            "status_code": None,
-        },
-        finished_at=result.finished_at,
-        unanswered_attempts=result.unanswered_attempts,
-    )
 
 
 def read_answer(endpoint: str, data: dict[str, Any]) -> tuple[str | None, list[Any] | None]:
