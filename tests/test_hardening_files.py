@@ -212,7 +212,10 @@ def test_an_input_that_is_a_directory_or_a_device_is_named_as_such(tmp_path: Pat
 # -- 8. Ctrl-C during the initial scan ------------------------------------------------------
 
 
-def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["live", "batch"])
+def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(
+    tmp_path: Path, via: str
+) -> None:
     inp = tmp_path / "big.jsonl"
     line = orjson.dumps({"input": "a question of ordinary length, nothing more", "priority": 5})
     inp.write_bytes((line + b"\n") * 1_500_000)
@@ -230,6 +233,7 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
             TEST_KEY,
         ]
         + ["--progress", "quiet"]
+        + (["--via", "batch"] if via == "batch" else [])
     )
     # Wait for the run to be in its scan (the sidecar is written just before it).
     wait_for(lambda: (tmp_path / "out.jsonl.burstq.json").exists())
@@ -246,3 +250,5 @@ def test_ctrl_c_during_the_scan_of_a_large_file_stops_within_a_second(tmp_path: 
     # machine. A scan that ignored the signal would first parse all 1.5M lines, several times
     # longer than start-up and hashing took; the bound scales with how busy the runner is.
     assert took < max(3.0, 3 * before), (took, before, err)
+    if via == "batch":  # stopped before planning: no batch state, no shard files
+        assert not (tmp_path / "out.jsonl.batches.json").exists()

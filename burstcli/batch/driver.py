@@ -35,7 +35,7 @@ from ..config import JobSpec
 from ..errors import FatalProviderError
 from ..files.formats import to_openai_batch_line
 from ..files.journal import Journal
-from ..files.reader import Done, FileSource
+from ..files.reader import STOP_EVERY, Done, FileSource, ScanStopped
 from ..files.rows import parser_for
 from ..models import (
     InvalidLine,
@@ -159,8 +159,9 @@ class BatchRun:
         self.state.save(self.state_path, fsync=self.job.fsync)
 
     # -- planning -------------------------------------------------------------------------------
-    def plan_new(self, src: FileSource) -> None:
-        """Shards for the requests that have neither a record nor a place in a shard."""
+    def plan_new(self, src: FileSource, should_stop: Callable[[], bool] | None = None) -> None:
+        """Shards for the requests that have neither a record nor a place in a shard. Runs in
+        a thread; a stop (ScanStopped) comes before the state is touched."""
         claimed = Done()
         for shard in self.state.shards:
             if shard.active:
@@ -169,7 +170,9 @@ class BatchRun:
         for p in self.state.retry:
             claimed.add(p.line)
         fresh: list[Pending] = []
-        for req in src.requests():
+        for n, req in enumerate(src.requests()):
+            if should_stop is not None and n % STOP_EVERY == 0 and should_stop():
+                raise ScanStopped
             if req.line in claimed:
                 continue
             if self.budget is not None:

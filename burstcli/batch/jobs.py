@@ -16,7 +16,7 @@ from ..config import BudgetSpec, JobSpec
 from ..errors import ResumeMismatch, UsageError
 from ..files.formats import resume_openai_batch
 from ..files.journal import Journal, open_for_resume
-from ..files.reader import FileSource, file_digest
+from ..files.reader import FileSource, ScanStopped, file_digest
 from ..models import InvalidLine, RunOutcome, Tally
 from ..money.budget import Budget, worst_case
 from .driver import OUTPUT_FORMATS, TERMINAL, BatchRun
@@ -210,18 +210,24 @@ async def _run(
             budget=budget,
             workdir=workdir,
         )
+        if on_ready is not None:
+            on_ready(run)  # Ctrl-C is the run's from here: the scan below checks for it
         src = FileSource(in_path, job.model, run.parser)
         invalid: list[InvalidLine] = []
-        src.scan(resume.done, invalid.append)
-        tally.total = src.total
-        run.record_invalid(invalid)
-        run.plan_new(src)
-        src.close()  # shard files are written from the path, once, below
+        try:
+            # In a thread, so a signal is handled while millions of lines are read; nothing
+            # else touches the run's state until supervise() starts.
+            await asyncio.to_thread(src.scan, resume.done, invalid.append, lambda: run.stopping)
+            tally.total = src.total
+            run.record_invalid(invalid)
+            await asyncio.to_thread(run.plan_new, src, lambda: run.stopping)
+        except ScanStopped:
+            return RunOutcome("interrupted", tally, run.signal)
+        finally:
+            src.close()  # shard files are written from the path, once, below
         fresh = [s for s in state.shards if s.state == "new"]
         if fresh:
             await asyncio.to_thread(run.materialize, fresh)
-        if on_ready is not None:
-            on_ready(run)
         return await run.supervise()
     finally:
         journal.close()
