@@ -112,7 +112,7 @@ def report(f: Figure) -> None:
         print(f"    {f.note}", flush=True)
 
 
-def table(figs: list[Figure]) -> str:
+def rows_of(figs: list[Figure]) -> list[tuple[str, ...]]:
     rows = [("scenario", "figure", "value", "baseline (same run)", "ratio", "target", "")]
     for f in figs:
         base = (
@@ -131,6 +131,11 @@ def table(figs: list[Figure]) -> str:
                 verdict(f),
             )
         )
+    return rows
+
+
+def table(figs: list[Figure]) -> str:
+    rows = rows_of(figs)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, r in enumerate(rows):
@@ -138,6 +143,17 @@ def table(figs: list[Figure]) -> str:
         if n == 0:
             lines.append("-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def markdown(figs: list[Figure]) -> str:
+    """The figures table as docs/benchmarks.md carries it (misses in bold)."""
+    head, *body = rows_of(figs)
+    cells = [(*head[:-1], "verdict")] + [
+        (*r[:-1], f"**{r[-1]}**" if r[-1] == "MISSED" else r[-1]) for r in body
+    ]
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
+    lines.insert(1, "|" + "---|" * len(head))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(label(n) for n in SCENARIOS)}); repeatable or comma-separated",
     )
     ap.add_argument("--json", metavar="PATH", type=Path, help="write the figures as JSON")
+    ap.add_argument(
+        "--markdown", metavar="PATH", type=Path, help="write the figures as a Markdown table"
+    )
     ap.add_argument("--workdir", type=Path, help="where data files go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the data files")
     ap.add_argument(
@@ -245,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown(ctx.figures))
+        print(f"wrote {args.markdown}")
     return 1 if errors else 0
 
 
