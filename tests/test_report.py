@@ -290,6 +290,24 @@ def test_names_from_records_are_escaped(tmp_path: Path) -> None:
     assert escape("a|b`c") == "a\\|b\\`c"
 
 
+def test_tiny_large_zero_and_unknown_costs_read_the_same_everywhere(tmp_path: Path) -> None:
+    # The stats table, the Markdown view and the report share observe.fmt.usd: an embeddings
+    # run costs $1.8e-7 a request, which six decimals showed as $0.000000.
+    cases = {"tiny": (1.8e-7, "$1.44e-06"), "large": (1234.5, "$9,876.00"), "zero": (0.0, "$0")}
+    for name, (each, total) in cases.items():
+        out = write_jsonl(tmp_path / f"{name}.jsonl", [_rec(i, cost_usd=each) for i in range(1, 9)])
+        md = render_markdown(compute([out]))
+        assert f"| Cost | {total} |" in md, name
+        page = render(rp.build([out]))
+        assert f'<div class="k">Cost</div><div class="v">{total}</div>' in page, name
+        table = _in(["stats", str(out)]).stderr  # the table is for people: stderr
+        assert any(line.split() == ["Cost", total] for line in table.splitlines()), name
+        assert "$0.000000" not in md + page + table
+    unpriced = [_rec(i, cost_usd=None) for i in range(1, 9)]
+    md = render_markdown(compute([write_jsonl(tmp_path / "none.jsonl", unpriced)]))
+    assert "| Cost | no price" in md
+
+
 def test_log_histogram_percentiles_within_one_percent_of_exact() -> None:
     rng = random.Random(5)
     for n in (1, 2, 99, 100, 1000, 5000):

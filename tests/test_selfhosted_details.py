@@ -15,9 +15,9 @@ from burstcli.errors import UsageError
 from burstcli.files.journal import add_unrecorded, sidecar_path
 from burstcli.live.limits import LimitsSnapshot
 from burstcli.models import Result, Tally, response_format_problem
+from burstcli.observe.fmt import usd
 from burstcli.observe.progress import status_line
 from burstcli.observe.stats import compute
-from burstcli.observe.statsview import _money
 from burstcli.run import execute
 
 from .conftest import TEST_KEY, read_jsonl, run_args, run_cli, write_jsonl
@@ -173,10 +173,13 @@ def test_unknown_prices_show_as_unpriced_not_zero() -> None:
 
 
 def test_small_costs_keep_significant_digits() -> None:
-    assert _money(1.8e-7) == "$1.80e-07"
-    assert _money(0.000123) == "$0.000123"
-    assert _money(0.0361) == "$0.0361"
-    assert _money(0) == "$0"
+    assert usd(1.8e-7) == "$1.80e-07"
+    assert usd(0.000123) == "$0.000123"
+    assert usd(0.0361) == "$0.0361"
+    assert usd(0) == "$0"
+    assert usd(None) == "no price"
+    assert usd(1.5) == "$1.5000"
+    assert usd(12345.678) == "$12,345.68"
 
 
 # -- attempts of requests in flight at an interruption ---------------------------------------

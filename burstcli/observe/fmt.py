@@ -28,3 +28,15 @@ def pct(value: float | None) -> str:
 
 def bound(ms: int) -> str:
     return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms}ms"
+
+
+def usd(value: float | None) -> str:
+    """A cost: "no price" when unknown; below $1 three significant digits, since one
+    embeddings request costs $1.8e-7 and six decimals would show it as $0.000000."""
+    if value is None:
+        return "no price"
+    if value == 0:
+        return "$0"
+    if value < 1:
+        return f"${value:#.3g}" if value >= 1e-4 else f"${value:.2e}"
+    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import UsageError
 from .fmt import duration as _duration
 from .fmt import ms as _ms
+from .fmt import usd
 
 # The first bytes of every report: `burstq report` overwrites only files that start so.
 MARKER = "<!DOCTYPE html>\n<!-- burstq report -->\n"
@@ -62,14 +63,6 @@ def _pygal() -> Any:
     # raise an ImportWarning through it. Take it out again.
     sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("pygal")]
     return pygal
-
-
-def _money(value: float | None) -> str:
-    if value is None:
-        return "no price"
-    if value < 1:
-        return f"${value:.6f}"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
 def _clock(offset: float, width: float) -> str:
@@ -344,7 +337,7 @@ def _cost_time(pygal: Any, fig: dict[str, Any], labels: list[str], page: _Page) 
         x_labels=labels,
         show_dots=False,
         fill=True,
-        value_formatter=_money,
+        value_formatter=usd,
     )
     chart.add("cost", cum)
     return page.figure("cost-time", chart, "Cumulative known cost of records finished so far.")
@@ -372,7 +365,7 @@ def _groups(pygal: Any, groups: dict[str, Any], kind: str, page: _Page) -> str:
         title=f"Cost by {kind} (USD)",
         x_labels=names,
         height=height,
-        value_formatter=_money,
+        value_formatter=usd,
     )
     cost.add("cost", [g["cost_usd"] for _, g in shown])
     lat = _chart(
@@ -414,7 +407,7 @@ def _header(fig: dict[str, Any]) -> list[tuple[str, str]]:
     )
     rate = fig["success_rate"]
     tp = t["throughput_per_min"]
-    priced = _money(cost["total"])
+    priced = usd(cost["total"])
     if cost["unpriced_completed"]:
         priced += f" (+{cost['unpriced_completed']:,} unpriced)"
     rows = [

@@ -14,6 +14,7 @@ from .fmt import bound as _bound
 from .fmt import duration as _duration
 from .fmt import ms as _ms
 from .fmt import pct as _pct
+from .fmt import usd
 from .statsview import bar, sparkline
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+!|~"} | {"\n": " ", "\r": " "})
@@ -22,14 +23,6 @@ _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+!|~"} | {"\n":
 def escape(text: str) -> str:
     """Text that renders as itself in a GFM table cell (no markup, no broken columns)."""
     return str(text).translate(_MD_SPECIAL)
-
-
-def _money(value: float | None) -> str:
-    if value is None:
-        return "no price"
-    if value < 1:
-        return f"${value:.6f}"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
@@ -72,13 +65,13 @@ def _summary(stats: dict[str, Any]) -> list[str]:
             f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)",
         ]
     )
-    priced = _money(cost["total"])
+    priced = usd(cost["total"])
     if cost["unpriced_completed"]:
         priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
     rows.append(["Cost", priced])
     if att["unanswered"]:
         worst = (
-            f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
+            f"{usd(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
             "attempts were billed"
         )
         if cost["unpriced_unanswered"]:
@@ -130,7 +123,7 @@ def _timeline(stats: dict[str, Any]) -> list[str]:
 def _models(stats: dict[str, Any]) -> list[str]:
     rows = []
     for name, m in stats["models"].items():
-        cost = _money(m["cost_usd"])
+        cost = usd(m["cost_usd"])
         if m["unpriced"] and m["cost_usd"] is not None:
             cost += "+?"  # partly priced: the figure is a floor
         rows.append(

@@ -18,23 +18,12 @@ from .fmt import bound as _bound
 from .fmt import duration as _duration
 from .fmt import ms as _ms
 from .fmt import pct as _pct
+from .fmt import usd
 
 SPARKS = "▁▂▃▄▅▆▇█"
 # Eighths of a block, so a bar of 40 cells resolves 320 steps instead of 40.
 EIGHTHS = " ▏▎▍▌▋▊▉"
 BAR_WIDTH = 40
-
-
-def _money(value: float | None) -> str:
-    if value is None:
-        return "no price"
-    # Below $1, three significant digits: one embeddings request costs $1.8e-7, and six
-    # decimals would show it as $0.000000.
-    if value == 0:
-        return "$0"
-    if value < 1:
-        return f"${value:#.3g}" if value >= 1e-4 else f"${value:.2e}"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
 def bar(count: int, largest: int, width: int = BAR_WIDTH) -> str:
@@ -97,7 +86,7 @@ def _summary(stats: dict[str, Any]) -> Table:
     table.add_row(
         "Tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"
     )
-    priced = _money(cost["total"])
+    priced = usd(cost["total"])
     if cost["unpriced_completed"]:
         priced += f" (+{cost['unpriced_completed']:,} completed without a price)"
     table.add_row("Cost", priced)
@@ -105,11 +94,11 @@ def _summary(stats: dict[str, Any]) -> Table:
     if cache.get("cached"):
         table.add_row(
             "From cache",
-            f"{cache['cached']:,} answers, saved {_money(cache['saved_usd'])} (cost_usd 0)",
+            f"{cache['cached']:,} answers, saved {usd(cache['saved_usd'])} (cost_usd 0)",
         )
     if att["unanswered"]:
         worst = (
-            f"{_money(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
+            f"{usd(cost['worst_case'])} if all {att['unanswered']:,} unanswered "
             "attempts were billed"
         )
         if cost["unpriced_unanswered"]:
@@ -179,7 +168,7 @@ def _models(stats: dict[str, Any]) -> Table:
     for col in ("requests", "completed", "failed", "tokens", "cost", "p50 latency"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, m in stats["models"].items():
-        cost = _money(m["cost_usd"])
+        cost = usd(m["cost_usd"])
         if m["unpriced"] and m["cost_usd"] is not None:
             cost += "+?"  # partly priced: the figure is a floor
         table.add_row(
@@ -207,7 +196,7 @@ def _endpoints(stats: dict[str, Any]) -> Table:
             Text(f"{e['failed']:,}", style="red" if e["failed"] else ""),
             f"{e['attempts']:,}",
             f"{e['tokens']['total']:,}",
-            _money(e["cost_usd"]),
+            usd(e["cost_usd"]),
             _ms(e["latency_p50_ms"]),
         )
     return table
