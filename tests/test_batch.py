@@ -580,6 +580,36 @@ async def test_mock_auth_on_batch_endpoints(server) -> None:
             await client.batches.retrieve("batch_x")
 
 
+async def test_every_batch_route_checks_the_key_first(server) -> None:
+    # Even a request that is wrong in other ways (no body, unknown ids) gets the 401, with
+    # its own request id, from every /v1/files and /v1/batches route.
+    import aiohttp
+
+    srv = server(api_keys=frozenset({"right"}))
+    routes = [
+        ("POST", "/files"),
+        ("GET", "/files"),
+        ("GET", "/files/file-x"),
+        ("GET", "/files/file-x/content"),
+        ("POST", "/batches"),
+        ("GET", "/batches?limit=0"),
+        ("GET", "/batches/batch_x"),
+        ("POST", "/batches/batch_x/cancel"),
+    ]
+    ids = set()
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer wrong"}) as http:
+        for method, path in routes:
+            async with http.request(method, srv.base_url + path) as resp:
+                assert resp.status == 401, (method, path)
+                assert (await resp.json())["error"]["code"] == "invalid_api_key"
+                ids.add(resp.headers["x-request-id"])
+        async with http.get(
+            srv.base_url + "/files", headers={"Authorization": "Bearer right"}
+        ) as resp:
+            assert resp.status == 200 and resp.headers["x-request-id"] not in ids
+    assert len(ids) == len(routes) and all(i.startswith("req_") for i in ids)
+
+
 async def test_fatal_auth_stops_the_run(tmp_path: Path, server) -> None:
     srv = server(api_keys=frozenset({"other"}))
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "input": "x"}])

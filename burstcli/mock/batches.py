@@ -12,6 +12,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -301,14 +302,32 @@ def _enqueued_tokens(state: MockState, model: str | None) -> int:
     return total
 
 
-async def _upload_file(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    request_id = _new_id("req_")
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return to_response(auth_error, request_id)
+_Handler = Callable[[web.Request, MockState], Awaitable[Reply]]
+
+
+def _endpoint(handler: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`handler` behind the key check (the API refuses a bad key before reading anything else),
+    its reply sent with a fresh request id."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        request_id = _new_id("req_")
+        refused = check_auth(request, state)
+        reply = refused if refused is not None else await handler(request, state)
+        return to_response(reply, request_id)
+
+    return serve
+
+
+def _json_or(found: MockFile | MockBatch | Reply) -> Reply:
+    """The object as JSON, or the error reply its lookup gave."""
+    return found if isinstance(found, Reply) else _json_reply(found.to_dict())
+
+
+@_endpoint
+async def _upload_file(request: web.Request, state: MockState) -> Reply:
     if not request.content_type.startswith("multipart/"):
-        return to_response(bad_request("Expected a multipart/form-data body.", None), request_id)
+        return bad_request("Expected a multipart/form-data body.", None)
     purpose: str | None = None
     filename: str | None = None
     content: bytes | None = None
@@ -324,105 +343,77 @@ async def _upload_file(request: web.Request) -> web.StreamResponse:
             filename = part.filename or "upload"
             content = bytes(await part.read())
     if content is None or filename is None:
-        return to_response(bad_request("Missing required parameter: 'file'.", "file"), request_id)
+        return bad_request("Missing required parameter: 'file'.", "file")
     if purpose not in _FILE_PURPOSES:
-        return to_response(
-            bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose"), request_id
-        )
+        return bad_request(f"Invalid value for 'purpose': {purpose!r}.", "purpose")
     if purpose == "batch" and not filename.endswith(".jsonl"):
-        return to_response(
-            bad_request("Batch input files must be .jsonl files.", "file"), request_id
-        )
+        return bad_request("Batch input files must be .jsonl files.", "file")
     stored = _store_file(state, filename, purpose, content)
     state.file_uploaded()
-    return to_response(_json_reply(stored.to_dict()), request_id)
+    return _json_reply(stored.to_dict())
 
 
-def _find_file(request: web.Request) -> MockFile | Reply:
-    state = request.app[STATE_KEY]
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return auth_error
+def _find_file(request: web.Request, state: MockState) -> MockFile | Reply:
     file_id = request.match_info["file_id"]
     found = state.files.get(file_id)
     return found if found is not None else _not_found("File", file_id)
 
 
-async def _list_files(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    request_id = _new_id("req_")
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return to_response(auth_error, request_id)
+@_endpoint
+async def _list_files(request: web.Request, state: MockState) -> Reply:
     purpose = request.query.get("purpose")
     data = [
         f.to_dict()
         for f in reversed(state.files.values())
         if purpose is None or f.purpose == purpose
     ]
-    return to_response(_json_reply({"object": "list", "data": data, "has_more": False}), request_id)
+    return _json_reply({"object": "list", "data": data, "has_more": False})
 
 
-async def _get_file(request: web.Request) -> web.StreamResponse:
-    found = _find_file(request)
-    reply = found if isinstance(found, Reply) else _json_reply(found.to_dict())
-    return to_response(reply, _new_id("req_"))
+@_endpoint
+async def _get_file(request: web.Request, state: MockState) -> Reply:
+    return _json_or(_find_file(request, state))
 
 
-async def _file_content(request: web.Request) -> web.StreamResponse:
-    found = _find_file(request)
+@_endpoint
+async def _file_content(request: web.Request, state: MockState) -> Reply:
+    found = _find_file(request, state)
     if isinstance(found, Reply):
-        return to_response(found, _new_id("req_"))
-    reply = Reply(status=200, body=found.content, content_type="application/octet-stream")
-    return to_response(reply, _new_id("req_"))
+        return found
+    return Reply(status=200, body=found.content, content_type="application/octet-stream")
 
 
-async def _create_batch(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    request_id = _new_id("req_")
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return to_response(auth_error, request_id)
+@_endpoint
+async def _create_batch(request: web.Request, state: MockState) -> Reply:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
-        return to_response(bad_request(INVALID_JSON_MESSAGE, None), request_id)
+        return bad_request(INVALID_JSON_MESSAGE, None)
     endpoint = body.get("endpoint")
     window = body.get("completion_window")
     file_id = body.get("input_file_id")
     metadata = body.get("metadata")
     if endpoint not in BATCH_ENDPOINTS:
-        return to_response(
-            bad_request(
-                f"Invalid value for 'endpoint': {endpoint!r} (the mock supports "
-                f"{', '.join(BATCH_ENDPOINTS)}).",
-                "endpoint",
-            ),
-            request_id,
+        return bad_request(
+            f"Invalid value for 'endpoint': {endpoint!r} (the mock supports "
+            f"{', '.join(BATCH_ENDPOINTS)}).",
+            "endpoint",
         )
     if window != "24h":
-        return to_response(
-            bad_request(
-                f"Invalid value for 'completion_window': {window!r}. Supported values are: '24h'.",
-                "completion_window",
-            ),
-            request_id,
+        return bad_request(
+            f"Invalid value for 'completion_window': {window!r}. Supported values are: '24h'.",
+            "completion_window",
         )
     if metadata is not None and not isinstance(metadata, dict):
-        return to_response(
-            bad_request("Invalid 'metadata': expected an object.", "metadata"), request_id
-        )
+        return bad_request("Invalid 'metadata': expected an object.", "metadata")
     source = state.files.get(file_id) if isinstance(file_id, str) else None
     if source is None:
-        return to_response(_not_found("File", str(file_id)), request_id)
+        return _not_found("File", str(file_id))
     if source.purpose != "batch":
-        return to_response(
-            bad_request(
-                f"The input file {file_id} must be uploaded with purpose 'batch'.", "input_file_id"
-            ),
-            request_id,
+        return bad_request(
+            f"The input file {file_id} must be uploaded with purpose 'batch'.", "input_file_id"
         )
     lines, errors, model, tokens = _validate_batch_lines(source.content, endpoint)
     limit = state.config.batch_max_enqueued_tokens
@@ -454,14 +445,10 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
     state.batches[batch.id] = batch
     state.batch_created(len(lines))
     _advance_batch(state, batch)
-    return to_response(_json_reply(batch.to_dict()), request_id)
+    return _json_reply(batch.to_dict())
 
 
-def _find_batch(request: web.Request) -> MockBatch | Reply:
-    state = request.app[STATE_KEY]
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return auth_error
+def _find_batch(request: web.Request, state: MockState) -> MockBatch | Reply:
     batch_id = request.match_info["batch_id"]
     batch = state.batches.get(batch_id)
     if batch is None:
@@ -470,24 +457,19 @@ def _find_batch(request: web.Request) -> MockBatch | Reply:
     return batch
 
 
-async def _get_batch(request: web.Request) -> web.StreamResponse:
-    found = _find_batch(request)
-    reply = found if isinstance(found, Reply) else _json_reply(found.to_dict())
-    return to_response(reply, _new_id("req_"))
+@_endpoint
+async def _get_batch(request: web.Request, state: MockState) -> Reply:
+    return _json_or(_find_batch(request, state))
 
 
-async def _list_batches(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    request_id = _new_id("req_")
-    auth_error = check_auth(request, state)
-    if auth_error is not None:
-        return to_response(auth_error, request_id)
+@_endpoint
+async def _list_batches(request: web.Request, state: MockState) -> Reply:
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError:
         limit = 0
     if not 1 <= limit <= 100:
-        return to_response(bad_request("Invalid 'limit': expected 1 to 100.", "limit"), request_id)
+        return bad_request("Invalid 'limit': expected 1 to 100.", "limit")
     newest_first = list(reversed(state.batches.values()))
     after = request.query.get("after")
     if after is not None:
@@ -503,24 +485,22 @@ async def _list_batches(request: web.Request) -> web.StreamResponse:
         "last_id": page[-1].id if page else None,
         "has_more": len(newest_first) > limit,
     }
-    return to_response(_json_reply(body), request_id)
+    return _json_reply(body)
 
 
-async def _cancel_batch(request: web.Request) -> web.StreamResponse:
-    found = _find_batch(request)
+@_endpoint
+async def _cancel_batch(request: web.Request, state: MockState) -> Reply:
+    found = _find_batch(request, state)
     if isinstance(found, Reply):
-        return to_response(found, _new_id("req_"))
+        return found
     if found.status in _BATCH_TERMINAL:
-        return to_response(
-            bad_request(f"Cannot cancel a batch with status '{found.status}'.", None),
-            _new_id("req_"),
-        )
+        return bad_request(f"Cannot cancel a batch with status '{found.status}'.", None)
     # Nothing runs before the batch finalizes here, so a cancelled batch has no answers.
     now = int(time.time())
     found.status = "cancelled"
     found.stamps["cancelling_at"] = now
     found.stamps["cancelled_at"] = now
-    return to_response(_json_reply(found.to_dict()), _new_id("req_"))
+    return _json_reply(found.to_dict())
 
 
 def add_routes(app: web.Application) -> None:
