@@ -187,6 +187,23 @@ def test_missing_input_and_bad_options_exit_2_before_sending(tmp_path: Path, ser
     assert srv.stats()["requests_total"] == 0
 
 
+def test_choice_options_name_what_they_accept(tmp_path: Path) -> None:
+    # cli.app.one_of: the three choice checks of `burstq run`, each message word for word,
+    # and a missing INPUT to validate and estimate still named before anything is read.
+    inp = write_jsonl(tmp_path / "in.jsonl", prompts(1))
+    for args, message in [
+        (["--progress", "loud"], "--progress must be auto, rich, plain or quiet, not 'loud'"),
+        (["--via", "pigeon"], "--via must be direct or batch, not 'pigeon'"),
+        (["--output-format", "csv"], "--output-format must be burstq or openai-batch, not 'csv'"),
+    ]:
+        res = run_cli(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--simulate", *args])
+        assert res.exit_code == 2 and f"Error: {message}\n" in res.output, res.output
+    assert not (tmp_path / "o.jsonl").exists()
+    for command in ("validate", "estimate"):
+        res = run_cli([command, str(tmp_path / "nope.jsonl")])
+        assert res.exit_code == 2 and "nope.jsonl" in res.output, res.output
+
+
 def test_stdin_to_stdout(tmp_path: Path, server) -> None:
     srv = server()
     data = b"".join(orjson.dumps(r) + b"\n" for r in prompts(5))

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from ..errors import BurstError
+from ..errors import BurstError, UsageError
 from ..redact import redact
 
 # What to type, for options declared without a metavar (most have one, in options.py).
@@ -101,6 +101,13 @@ def boundary(fn: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a value outside `allowed`: "--via must be direct or batch, not 'x'"."""
+    if value not in allowed:
+        listed = " or ".join([", ".join(allowed[:-1]), allowed[-1]]) if allowed[1:] else allowed[0]
+        raise UsageError(f"{option} must be {listed}, not {value!r}")
 
 
 def env(name: str) -> str:

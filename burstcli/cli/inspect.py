@@ -24,7 +24,7 @@ from .options import (
 )
 
 
-def _parser(
+def _checked_input(
     ctx: typer.Context,
     input: Path,
     model: str,
@@ -35,10 +35,13 @@ def _parser(
     id_column: str | None,
     input_format: str | None,
 ) -> tuple[Any, str]:
-    """The row parser when the row options are given (None: request lines), and the model."""
+    """INPUT checked readable, then the row parser when the row options are given (None:
+    request lines), and the model."""
+    from ..files.output import check_input
     from ..files.rows import RowParser
     from .rows import task_options
 
+    check_input(input)
     task, model = task_options(
         ctx, str(input), model, prompt, system, template, schema, id_column, input_format
     )
@@ -72,11 +75,9 @@ def validate(
 
         burstq validate samples/reviews.csv --template samples/reviews.toml
     """
-    from ..files.output import check_input
     from ..files.reader import validate_file
 
-    check_input(input)
-    parser, model = _parser(
+    parser, model = _checked_input(
         ctx, input, model, prompt, system, template, schema, id_column, input_format
     )
     total, problems = validate_file(input, model, parser)
@@ -144,12 +145,10 @@ def estimate(
     """
     import orjson
 
-    from ..files.output import check_input
     from ..money.estimate import estimate as compute
     from ..money.pricing import PriceBook, PricesFileError
 
-    check_input(input)
-    parser, model = _parser(
+    parser, model = _checked_input(
         ctx, input, model, prompt, system, template, schema, id_column, input_format
     )
     warnings: list[str] = []

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import BurstError, IncompleteRun, UsageError
-from .app import app, boundary, err
+from .app import app, boundary, err, one_of
 from .options import (
     ApiKeyOpt,
     BackoffBaseOpt,
@@ -188,12 +188,9 @@ def run(
 
     if output is None:
         output = "-" if input == "-" else str(_default_output(input))
-    if progress not in ("auto", "rich", "plain", "quiet"):
-        raise UsageError(f"--progress must be auto, rich, plain or quiet, not {progress!r}")
-    if via not in ("direct", "batch"):
-        raise UsageError(f"--via must be direct or batch, not {via!r}")
-    if output_format not in ("burstq", "openai-batch"):
-        raise UsageError(f"--output-format must be burstq or openai-batch, not {output_format!r}")
+    one_of("--progress", progress, ("auto", "rich", "plain", "quiet"))
+    one_of("--via", via, ("direct", "batch"))
+    one_of("--output-format", output_format, ("burstq", "openai-batch"))
     if input != "-":
         check_input(Path(input))
     if cache_deterministic_only and cache is None:
