@@ -22,9 +22,10 @@ from .config import OPENAI_BASE_URL, LimitSpec, ProviderSpec, RunConfig
 from .errors import UsageError
 from .files.journal import Journal, add_unrecorded, open_for_resume
 from .files.output import check_output, output_lock, same_file
-from .files.reader import Done, FileSource, ScanStopped, StreamSource
+from .files.reader import Done, FileSource, ScanStopped
 from .files.rewrite import Resumed, dry_run, resume
 from .files.rows import parser_for
+from .files.stream import StreamSource
 from .live.client import ApiClient
 from .live.endpoints import EndpointSpec
 from .live.engine import Engine, EngineConfig

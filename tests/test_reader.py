@@ -12,11 +12,11 @@ from burstcli.files.reader import (
     Done,
     FileSource,
     IdSet,
-    StreamSource,
     count_lines,
     parse_line,
     validate_file,
 )
+from burstcli.files.stream import StreamSource
 from burstcli.models import InvalidLine, Request
 
 from .conftest import write_jsonl

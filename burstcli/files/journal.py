@@ -10,6 +10,7 @@ the output, so a resume against something else is refused instead of mixing two 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import orjson
 
 from ..errors import OutputError, ResumeMismatch
 from ..files.reader import Done
+from .skim import read_blocks, records
 
 SIDECAR_SUFFIX = ".burstq.json"
 SIDECAR_VERSION = 1
@@ -272,7 +274,10 @@ def open_for_resume(
         if old is not None:
             _check_fingerprint(output, old, fingerprint)
         keep = _intact_length(output, size, proven=old is not None)
-        _scan(output, state, retry_failed, shape or _burstq_shape(state), keep, dry_run=dry_run)
+        # Proven ours, and nothing kept but line numbers: plain records need no JSON parse.
+        skim = old is not None and shape is None and not retry_failed and not keep_ids
+        take = shape or _burstq_shape(state)
+        _scan(output, state, retry_failed, take, keep, dry_run=dry_run, skim=skim)
         if keep < size and output.stat().st_size > keep and not dry_run:
             with output.open("rb+") as f:
                 f.truncate(keep)
@@ -365,51 +370,28 @@ def _scan(
     limit: int,
     *,
     dry_run: bool = False,
+    skim: bool = False,
 ) -> None:
     # Reads the first `limit` bytes only (a torn tail is not read); with --retry-failed the
-    # kept records stream into a temporary file that atomically replaces OUTPUT.
+    # kept records stream into a temporary file that atomically replaces OUTPUT. `skim`: blocks
+    # of plain records are counted without a JSON parse (files/skim.py), the rest line by line.
     kept = None
     tmp = ""
     if retry_failed and not dry_run:
         fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=output.name + ".", suffix=".tmp")
         kept = os.fdopen(fd, "wb")
+    n = 0
     try:
         with output.open("rb") as f:
-            pos = 0
-            for n, raw in enumerate(f, start=1):
-                pos += len(raw)
-                if pos > limit:
-                    break
-                if not raw.strip():
+            for _, block in read_blocks(f, limit):
+                if skim and (got := records(block, state.done, state.cost_usd)) is not None:
+                    n += got[0]
+                    state.completed += got[0] - got[1]
+                    state.failed += got[1]
+                    state.cost_usd = got[2]
                     continue
-                try:
-                    rec = orjson.loads(raw)
-                    failed = shape.failed(rec)
-                    if failed and retry_failed:
-                        state.dropped_failed += 1
-                        continue
-                    shape.take(rec)
-                except (
-                    orjson.JSONDecodeError,
-                    AttributeError,
-                    KeyError,
-                    TypeError,
-                    ValueError,
-                ) as exc:
-                    raise OutputError(
-                        f"{output}:{n}: not a {shape.name} ({exc}); refusing to resume over "
-                        "it (nothing was changed). Use --restart to start over, or another "
-                        "-o OUTPUT."
-                    ) from exc
-                if kept is not None:
-                    kept.write(raw)
-                cost = rec.get("cost_usd")
-                if isinstance(cost, int | float):
-                    state.cost_usd += cost
-                if failed:
-                    state.failed += 1
-                else:
-                    state.completed += 1
+                for n, raw in enumerate(io.BytesIO(block), start=n + 1):  # noqa: B020
+                    _scan_line(output, n, raw, state, retry_failed, shape, kept)
         if kept is not None:
             kept.flush()
             os.fsync(kept.fileno())
@@ -421,6 +403,47 @@ def _scan(
             kept.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _scan_line(
+    output: Path,
+    n: int,
+    raw: bytes,
+    state: ResumeState,
+    retry_failed: bool,
+    shape: RecordShape,
+    kept: IO[bytes] | None,
+) -> None:
+    if not raw.strip():
+        return
+    try:
+        rec = orjson.loads(raw)
+        failed = shape.failed(rec)
+        if failed and retry_failed:
+            state.dropped_failed += 1
+            return
+        shape.take(rec)
+    except (
+        orjson.JSONDecodeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
+        raise OutputError(
+            f"{output}:{n}: not a {shape.name} ({exc}); refusing to resume over "
+            "it (nothing was changed). Use --restart to start over, or another "
+            "-o OUTPUT."
+        ) from exc
+    if kept is not None:
+        kept.write(raw)
+    cost = rec.get("cost_usd")
+    if isinstance(cost, int | float):
+        state.cost_usd += cost
+    if failed:
+        state.failed += 1
+    else:
+        state.completed += 1
 
 
 def iter_records(path: Path) -> Iterable[dict[str, Any]]:

@@ -3,7 +3,7 @@
 A file is read in passes so memory stays flat whatever its size: one scan validates every line
 and keeps one byte per line (its priority, or 0 for "nothing to send"); then one pass per
 priority level present, highest first, re-reads and sends the lines of that level. Standard
-input cannot be re-read, so there priority orders what is buffered (`StreamSource`).
+input cannot be re-read, so there priority orders what is buffered (`stream.StreamSource`).
 
 With a `Shard`, only the lines it owns are sent or recorded; every line is still validated, so
 a duplicate id is caught across shards exactly as one unsharded run would catch it.
@@ -23,7 +23,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..config import Shard
-from ..errors import InputError, ResumeMismatch
+from ..errors import InputError
 from ..models import (
     BATCH_URLS,
     BatchLine,
@@ -478,18 +478,30 @@ class FileSource:
         on_invalid: OnInvalid,
         should_stop: ShouldStop | None = None,
         pairing: Pairing | None = None,
+        *,
+        skim: bool = True,
     ) -> None:
         """Validate every entry not yet done; invalid ones go to `on_invalid` (once each).
 
         `pairing` (an incremental rerun) says which entries already have a record, before or
-        after parsing them: those are done, not sent.
+        after parsing them: those are done, not sent. `skim`: blocks of done lines may be
+        skipped whole (files/skim.py), with this exact scan as its fallback.
         """
+        from .skim import Skim
+
         # Sized for the entries still to read: a resume of a mostly done file stays small.
         hint = self.parser.size_hint(self.path)
         ids = IdSet(hint - (done.count if done is not None else 0))
         prio = bytearray(1)  # indexed by line; line numbers start at 1
         parse = self.parser.parse
-        with self._entries() as entries:
+        fast = skim and pairing is None and type(self.parser) is LineParser
+        sk = (
+            Skim(self, done, line_id, ScanStopped)
+            if fast and done is not None and Skim.applies(self, done)
+            else None
+        )
+        report = on_invalid if sk is None else sk.invalid.append  # handed on once exact
+        with self._entries() if sk is None else sk.entries(should_stop) as entries:
             for n, (line, raw) in enumerate(entries):
                 if should_stop is not None and n % STOP_EVERY == 0 and should_stop():
                     raise ScanStopped
@@ -530,7 +542,7 @@ class FileSource:
                 if isinstance(item, InvalidLine):
                     prio.append(0)
                     self.invalid += 1
-                    on_invalid(item)
+                    report(item)
                     continue
                 if pairing is not None and pairing.request(item):
                     prio.append(0)
@@ -539,6 +551,14 @@ class FileSource:
                 prio.append(item.priority)
                 self._levels[item.priority] = self._levels.get(item.priority, 0) + 1
                 self.pending += 1
+                if sk is not None:
+                    sk.pending.add(item.id.encode("utf-8", "surrogatepass"))
+        if sk is not None:
+            if not sk.finish(prio, should_stop):  # a done line's id may be a pending one's
+                sk.reset()
+                return self.scan(done, on_invalid, should_stop, skim=False)
+            for item in sk.invalid:
+                on_invalid(item)
         self._prio = prio
         self.check_unchanged()
 
@@ -560,70 +580,6 @@ class FileSource:
                             yield item
             # A truncated file ends a pass early: that must not pass for the end of the job.
             self.check_unchanged()
-
-
-class StreamSource:
-    """Requests from a stream (stdin), in stream order: it cannot be read twice, so priority
-    orders only what is buffered (the engine's `prioritized()` does that)."""
-
-    def __init__(
-        self,
-        stream: Iterable[bytes],
-        default_model: str,
-        parser: Parser | None = None,
-        *,
-        shard: Shard | None = None,
-    ) -> None:
-        self.stream = stream
-        self.default_model = default_model
-        self.parser: Parser = parser or LineParser(default_model)
-        self.shard = shard
-        self.total = 0
-        self.pending = 0
-        self.done = 0
-        self.invalid = 0
-
-    def items(
-        self, done: Done | None, done_ids: dict[int, str] | None = None
-    ) -> Iterator[Request | InvalidLine]:
-        """Each entry as it is read: a Request, or an InvalidLine to record.
-
-        `done_ids` (line -> request_id of OUTPUT's records) proves a resumed stream is the same
-        input, line by line, since a stream cannot be hashed before it is read.
-        """
-        ids = IdSet()
-        parse = self.parser.parse
-        for line, raw in self.parser.entries(self.stream):
-            if done is not None and line in done:
-                if done_ids is not None and line in done_ids:
-                    item = parse(raw, line)
-                    rid = item.id if item is not None else None
-                    if rid is not None and rid != done_ids[line]:
-                        raise ResumeMismatch(
-                            f"stdin line {line} is request {rid!r}, but OUTPUT's record for "
-                            f"line {line} is {done_ids[line]!r}: this is not the input OUTPUT "
-                            "was written from. Use --restart, or another -o OUTPUT."
-                        )
-                self.total += 1
-                self.done += 1
-                if isinstance(raw, bytes) and (rid := line_id(raw, line)) is not None:
-                    ids.add(rid)
-                continue
-            item = parse(raw, line)
-            if item is None:
-                continue
-            if self.shard is not None and not self.shard.owns(line):
-                if isinstance(item, Request):
-                    ids.add(item.id)
-                continue
-            self.total += 1
-            if isinstance(item, Request) and not ids.add(item.id):
-                item = InvalidLine(line, item.id, f"id: duplicate id {item.id!r}")
-            if isinstance(item, InvalidLine):
-                self.invalid += 1
-            else:
-                self.pending += 1
-            yield item
 
 
 def validate_file(

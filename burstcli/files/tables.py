@@ -99,6 +99,27 @@ class Done:
         byte = line >> 3
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << (line & 7)))
 
+    def add_many(self, lines: list[int]) -> None:
+        """`add` of each line (none negative), counted once at the end: the resume skim's
+        per-record loop is then two operations (files/skim.py)."""
+        if not lines:
+            return
+        bits = self._bits
+        top = (max(lines) >> 3) + 1
+        if top > len(bits):
+            bits.extend(bytes(top - len(bits) + 4096))
+        for line in lines:
+            bits[line >> 3] |= 1 << (line & 7)
+        self.count = int.from_bytes(bits, "little").bit_count()
+
+    def count_range(self, first: int, last: int) -> int:
+        """How many of the lines first..last (inclusive) are done."""
+        if last < first:
+            return 0
+        lo, hi = first >> 3, (last >> 3) + 1
+        word = int.from_bytes(self._bits[lo:hi], "little") >> (first & 7)
+        return (word & ((1 << (last - first + 1)) - 1)).bit_count()
+
 
 def count_lines(path: Path) -> int:
     n = 0
