@@ -495,11 +495,8 @@ class FileSource:
         prio = bytearray(1)  # indexed by line; line numbers start at 1
         parse = self.parser.parse
         fast = skim and pairing is None and type(self.parser) is LineParser
-        sk = (
-            Skim(self, done, line_id, ScanStopped)
-            if fast and done is not None and Skim.applies(self, done)
-            else None
-        )
+        fast = fast and Skim.applies(done, hint)  # request lines, not data rows
+        sk = Skim(self, done, line_id, ScanStopped) if fast and done is not None else None
         report = on_invalid if sk is None else sk.invalid.append  # handed on once exact
         with self._entries() if sk is None else sk.entries(should_stop) as entries:
             for n, (line, raw) in enumerate(entries):

@@ -125,11 +125,9 @@ class Skim:
         self.invalid: list[InvalidLine] = []  # handed on once the scan is known exact
 
     @staticmethod
-    def applies(src: Source, done: Done | None) -> bool:
-        """For request lines (not data rows) with done lines, and few enough left to send."""
-        if done is None or not done.count:
-            return False
-        return bool(src.parser.size_hint(src.path) - done.count <= MAX_PENDING)
+    def applies(done: Done | None, lines: int) -> bool:
+        """With done lines, and few enough of the file's `lines` left to send."""
+        return done is not None and done.count > 0 and lines - done.count <= MAX_PENDING
 
     @contextlib.contextmanager
     def entries(self, should_stop: ShouldStop | None) -> Iterator[Iterator[tuple[int, bytes]]]:
