@@ -52,6 +52,7 @@ def test_records_skim_matches_the_json_parse(tmp_path: Path) -> None:
     recs[12] = record(13, request_id=None, status="failed", cost_usd=None)
     recs[20] = record(21, output="界 \n }\n", cost_usd=1e-7)
     recs[30] = record(31, cost_usd=0)
+    recs[33] = record(34, status="cancelled")  # not failed, to both paths
     recs.append(record(5))  # the same line twice (counted once as done)
     lines = [orjson.dumps(r) for r in recs]
     lines.insert(40, b"")  # a blank line

@@ -64,7 +64,7 @@ MAX_PENDING = 250_000
 # One whole line of a record as Result.record() writes it, from its head to its closing brace:
 # its line number, status and cost, in one pass over the bytes.
 _RECORD = re.compile(
-    rb'\n\{"request_id":(?:"[^"\\]*"|null),"line":(\d+),"status":"([cf])'
+    rb'\n\{"request_id":(?:"[^"\\]*"|null),"line":(\d+),"status":"(completed|failed)"'
     rb'[^\n]*"cost_usd":(null|-?[0-9][0-9.eE+-]*)[,}][^\n]*\}(?=\n)'
 )
 _G0, _G1, _G2 = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -95,7 +95,7 @@ def records(block: bytes, done: Done, cost: float) -> tuple[int, int, float] | N
     if len(found) != n:  # a match is one whole line: n of them, every line is one
         return None
     done.add_many(list(map(int, map(_G0, found))))
-    failed = list(map(_G1, found)).count(b"f")
+    failed = list(map(_G1, found)).count(b"failed")
     values = [v for v in map(_G2, found) if v != b"null"]
     # Added one by one in record order, as the per-line path adds them: the same float.
     return n, failed, reduce(add, map(float, values), cost)
