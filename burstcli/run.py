@@ -26,10 +26,10 @@ from .files.reader import Done, FileSource, ScanStopped, StreamSource
 from .files.rewrite import Resumed, dry_run, resume
 from .files.rows import parser_for
 from .live.client import ApiClient
-from .live.endpoints import EndpointSpec
 from .live.engine import Engine, EngineConfig
 from .live.feed import chain, prioritized, with_defaults
 from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
+from .live.spec import EndpointSpec
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
 from .money.cache import answer_cache
