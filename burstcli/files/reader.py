@@ -17,18 +17,15 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
-from pydantic import ValidationError
 
 from ..config import Shard
 from ..errors import InputError, ResumeMismatch
 from ..models import (
     BATCH_URLS,
-    BatchLine,
     InvalidLine,
-    NativeLine,
     Request,
     response_format_problem,
 )
@@ -37,6 +34,9 @@ from .tables import Done as Done  # re-exported: callers import these from here
 from .tables import IdSet as IdSet
 from .tables import Pairing as Pairing
 from .tables import count_lines as count_lines
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 OnInvalid = Callable[[InvalidLine], None]
 ShouldStop = Callable[[], bool]
@@ -277,6 +277,11 @@ def _simple_native(obj: dict[str, Any], line: int, default_model: str) -> Reques
 def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
     if (simple := _simple_native(obj, line, default_model)) is not None:
         return simple
+    # Off the fast path only: the pydantic models are built on the first such line.
+    from pydantic import ValidationError
+
+    from .shapes import NativeLine
+
     raw_id = obj.get("id")
     rid = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
     try:
@@ -322,6 +327,10 @@ def _format_problem(body: dict[str, Any]) -> str | None:
 
 
 def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
+    from pydantic import ValidationError
+
+    from .shapes import BatchLine
+
     raw_id = obj.get("custom_id")
     rid = raw_id if isinstance(raw_id, str) and raw_id else None
     try:
