@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -34,9 +34,6 @@ from .tables import Done as Done  # re-exported: callers import these from here
 from .tables import IdSet as IdSet
 from .tables import Pairing as Pairing
 from .tables import count_lines as count_lines
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
 
 OnInvalid = Callable[[InvalidLine], None]
 ShouldStop = Callable[[], bool]
@@ -123,17 +120,6 @@ def open_input(path: Path) -> IO[bytes]:
         return path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def _content_text(content: Any) -> str:
@@ -277,17 +263,13 @@ def _simple_native(obj: dict[str, Any], line: int, default_model: str) -> Reques
 def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
     if (simple := _simple_native(obj, line, default_model)) is not None:
         return simple
-    # Off the fast path only: the pydantic models are built on the first such line.
-    from pydantic import ValidationError
-
-    from .shapes import NativeLine
+    from .shapes import NativeLine, validated  # off the fast path only: built on first use
 
     raw_id = obj.get("id")
     rid = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
-    try:
-        nl = NativeLine.model_validate(obj)
-    except ValidationError as exc:
-        return InvalidLine(line, rid, _format_validation(exc))
+    nl = validated(NativeLine, obj)
+    if isinstance(nl, str):
+        return InvalidLine(line, rid, nl)
     rid = str(nl.id) if nl.id is not None and nl.id != "" else f"line-{line}"
     params = nl.params.model_dump(exclude_none=True) if nl.params else {}
     if problem := response_format_problem(params, "params"):
@@ -327,16 +309,13 @@ def _format_problem(body: dict[str, Any]) -> str | None:
 
 
 def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
-    from pydantic import ValidationError
-
-    from .shapes import BatchLine
+    from .shapes import BatchLine, validated
 
     raw_id = obj.get("custom_id")
     rid = raw_id if isinstance(raw_id, str) and raw_id else None
-    try:
-        bl = BatchLine.model_validate(obj)
-    except ValidationError as exc:
-        return InvalidLine(line, rid, _format_validation(exc))
+    bl = validated(BatchLine, obj)
+    if isinstance(bl, str):
+        return InvalidLine(line, rid, bl)
     endpoint = BATCH_URLS.get(bl.url)
     if endpoint is None:
         known = " or ".join(BATCH_URLS)

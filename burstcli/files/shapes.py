@@ -7,9 +7,9 @@ schemas cost ~0.14 G instructions of start-up; issue 19).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..models import Endpoint
 
@@ -67,3 +67,19 @@ class BatchLine(BaseModel):
     method: Literal["POST"] = "POST"
     url: str
     body: BatchBody
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], obj: Any) -> M | str:
+    """`obj` as `model`, or what is wrong with it: "field.path: message; ..." for the line."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return "; ".join(parts)
