@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.burstcli:
         h.use_source(args.burstcli)
+    compiled = h.compile_burstcli()
 
     names: list[str] = []
     by_number = aliases()
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"burstq {info['burstq']}",
         flush=True,
     )
+    print(f"byte-compiled {compiled} (as an installed wheel is)", flush=True)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="burstq-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Shapes at the edges: request lines (pydantic, strict) and the plain data the engine passes.
-
-Pydantic validates what users write; inside, `@dataclass(slots=True)` keeps the hot path cheap.
+"""Shapes shared by all rooms: the plain data the engine passes (`@dataclass(slots=True)`, cheap
+on the hot path). The pydantic models of request lines, which validate what users write, are
+in files/shapes.py, built only when a line needs them (start-up, issue 19).
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from .errors import FatalProviderError
 from .redact import redact_cut
@@ -22,61 +20,6 @@ BATCH_URLS: dict[str, Endpoint] = {
 }
 ENDPOINT_PATHS: dict[str, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message, as OpenAI counts them
-
-
-# strict: what validation accepts is exactly what is sent ("0.5" is not quietly made 0.5), so
-# the dispatch pass can trust lines the scan accepted without validating them again.
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class Params(BaseModel):
-    """Known sampling parameters are type-checked; anything else passes through to the API."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
-    n: int | None = Field(default=None, ge=1, le=128)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    dimensions: int | None = Field(default=None, gt=0)
-
-
-class NativeLine(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    id: StrictStr | StrictInt | None = None  # strict: true must not become id "1"
-    input: str | list[str] | None = None
-    messages: list[Message] | None = Field(default=None, min_length=1)
-    model: str | None = Field(default=None, min_length=1)
-    priority: int = Field(default=5, ge=1, le=10)
-    metadata: dict[str, Any] | None = None
-    params: Params | None = None
-    endpoint: Endpoint = "chat"
-
-
-class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    model: str | None = Field(default=None, min_length=1)
-    messages: list[Message] | None = Field(default=None, min_length=1)
-    input: str | list[str] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
-
-
-class BatchLine(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    custom_id: str = Field(min_length=1)
-    method: Literal["POST"] = "POST"
-    url: str
-    body: BatchBody
 
 
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")

@@ -27,13 +27,12 @@ from .files.rewrite import Resumed, dry_run, resume
 from .files.rows import parser_for
 from .files.stream import StreamSource
 from .live.client import ApiClient
-from .live.endpoints import EndpointSpec
 from .live.engine import Engine, EngineConfig
 from .live.feed import chain, prioritized, with_defaults
 from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
+from .live.spec import EndpointSpec
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
-from .money.cache import answer_cache
 from .observe.progress import Reporter
 from .redact import redact, register
 
@@ -322,7 +321,11 @@ async def _live(
     mode = _reporter_mode(cfg)
     # The scan validates everything before anything is sent; invalid lines are recorded first.
     items, counts = await _source(cfg, src, done, done_ids, tally, stop, resumed)
-    cache = answer_cache(cfg, [spec.base_url for spec in specs])
+    cache = None
+    if cfg.cache is not None:  # sqlite3 and the cache module only for runs that use one
+        from .money.cache import answer_cache
+
+        cache = answer_cache(cfg, [spec.base_url for spec in specs])
     try:
         async with contextlib.AsyncExitStack() as stack:
             multi = len(specs) > 1

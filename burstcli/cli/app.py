@@ -74,6 +74,56 @@ def _plain_arguments() -> None:
 
 _plain_arguments()
 
+# Declared defaults of these types are passed through without coercion (see _lazy_coercion).
+_PLAIN_DEFAULTS = (str, int, float)
+
+
+def _lazy_coercion() -> None:
+    """Typer coerces every parameter of the invoked command (and the group's own --help)
+    through a pydantic TypeAdapter it builds on first use, even when the value is None or the
+    declared default: `burstq run` built ~45 of them, and `burstq run --help` imported
+    pydantic only for the group's unset --help. The coercion object here defers that build
+    to a value that needs it. None still goes through Typer's own `RuntimeParam.coerce`
+    (which returns None or () before looking at the type), and a declared default of a plain
+    type is passed through: tests/test_startup.py checks, for every parameter of every
+    command, that the real coercion returns each such default unchanged."""
+    import typer.core as core
+
+    try:
+        from typer._click.core import ParameterSource
+        from typer._coercion import RuntimeParam
+        from typer._coercion import build_runtime_param as build
+    except ImportError:  # pragma: no cover - another Typer: its own coercion applies unchanged
+        return
+    if getattr(core, "build_runtime_param", None) is not build:
+        return  # pragma: no cover - as above
+
+    class Deferred:
+        __slots__ = ("descriptor", "annotation")
+
+        def __init__(self, descriptor: Any) -> None:
+            self.descriptor = descriptor
+            self.annotation = descriptor.annotation
+
+        coerce = RuntimeParam.coerce
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if (
+                self.annotation in _PLAIN_DEFAULTS
+                and type(value) is self.annotation
+                and value is param.default
+                and ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT
+            ):
+                return value
+            real = build(self.descriptor)
+            param._runtime_param = real
+            return real._coerce_value(value, param=param, ctx=ctx)
+
+    core.build_runtime_param = Deferred  # type: ignore[attr-defined,assignment]
+
+
+_lazy_coercion()
+
 app = typer.Typer(
     name="burstq",
     help="Push files of LLM requests through OpenAI-compatible APIs as fast as the rate limits "

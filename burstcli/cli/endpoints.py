@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +44,8 @@ def endpoints_check(
 
         burstq endpoints check endpoints.toml --tiny-request --json
     """
+    import asyncio
+
     import orjson
 
     from ..live.check import check_all

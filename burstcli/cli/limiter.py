@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Annotated, Any
 
@@ -35,6 +34,8 @@ def status(
 
         burstq limiter status rediss://redis.internal:6380/0 --json | jq '.[].rpm_pace'
     """
+    import asyncio
+
     import orjson
 
     rows = asyncio.run(_read(url))

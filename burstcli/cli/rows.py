@@ -22,6 +22,8 @@ def task_options(
     input_format: str | None,
 ) -> tuple[RowTask | None, str]:
     """The task and the model to use: a template file's model, unless --model was given."""
+    if (prompt, system, template, schema, id_column, input_format) == (None,) * 6:
+        return None, model  # request lines: what load_task says then, without importing it
     from ..files.template import load_task
 
     task, file_model = load_task(

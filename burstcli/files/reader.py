@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
-from pydantic import ValidationError
 
 from ..config import Shard
 from ..errors import InputError
 from ..models import (
     BATCH_URLS,
-    BatchLine,
     InvalidLine,
-    NativeLine,
     Request,
     response_format_problem,
 )
@@ -123,17 +120,6 @@ def open_input(path: Path) -> IO[bytes]:
         return path.open("rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def _content_text(content: Any) -> str:
@@ -277,12 +263,13 @@ def _simple_native(obj: dict[str, Any], line: int, default_model: str) -> Reques
 def _parse_native(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
     if (simple := _simple_native(obj, line, default_model)) is not None:
         return simple
+    from .shapes import NativeLine, validated  # off the fast path only: built on first use
+
     raw_id = obj.get("id")
     rid = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
-    try:
-        nl = NativeLine.model_validate(obj)
-    except ValidationError as exc:
-        return InvalidLine(line, rid, _format_validation(exc))
+    nl = validated(NativeLine, obj)
+    if isinstance(nl, str):
+        return InvalidLine(line, rid, nl)
     rid = str(nl.id) if nl.id is not None and nl.id != "" else f"line-{line}"
     params = nl.params.model_dump(exclude_none=True) if nl.params else {}
     if problem := response_format_problem(params, "params"):
@@ -322,12 +309,13 @@ def _format_problem(body: dict[str, Any]) -> str | None:
 
 
 def _parse_batch(obj: dict[str, Any], line: int, default_model: str) -> Request | InvalidLine:
+    from .shapes import BatchLine, validated
+
     raw_id = obj.get("custom_id")
     rid = raw_id if isinstance(raw_id, str) and raw_id else None
-    try:
-        bl = BatchLine.model_validate(obj)
-    except ValidationError as exc:
-        return InvalidLine(line, rid, _format_validation(exc))
+    bl = validated(BatchLine, obj)
+    if isinstance(bl, str):
+        return InvalidLine(line, rid, bl)
     endpoint = BATCH_URLS.get(bl.url)
     if endpoint is None:
         known = " or ".join(BATCH_URLS)

@@ -22,7 +22,6 @@ from ..config import JobSpec, RowTask
 from ..errors import InputError, UsageError
 from ..models import InvalidLine, Request
 from .reader import LineParser, Parser, count_lines
-from .template import Renderer
 
 # A long review is not a malformed file: the stdlib's 128 KiB cell limit would say it is.
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
@@ -173,6 +172,10 @@ class RowParser:
     def __init__(self, task: RowTask, default_model: str) -> None:
         self.task = task
         self.fmt = task.input_format
+        # Here, not at the top: a run of request lines imports this module for parser_for and
+        # never needs templates, schemas or pydantic's errors (start-up, issue 19).
+        from .template import Renderer
+
         self.renderer = Renderer(task, default_model)
         if self.fmt == "parquet":
             require_pyarrow()

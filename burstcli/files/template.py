@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from ..config import RowTask
 from ..errors import UsageError
-from ..models import InvalidLine, Params, Request
+from ..models import InvalidLine, Request
 from .reader import make_request
 from .schema import load_schema, response_format
+from .shapes import Params
 
 TASK_KEYS = {"system", "prompt", "model", "params", "schema", "id_column", "input_format"}
 FORMATS = ("csv", "tsv", "jsonl", "parquet")

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import redact
 from .client import ApiClient, CallError
-from .endpoints import EndpointSpec
+from .spec import EndpointSpec
 
 
 @dataclass(slots=True)

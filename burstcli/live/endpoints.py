@@ -28,7 +28,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,42 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import redact
 from ..errors import UsageError
+from .spec import BREAKER_COOLDOWN, BREAKER_FAILURES
+from .spec import EndpointSpec as EndpointSpec  # re-exported: callers import it from here
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 # Headers that carry credentials: their value must come from the environment.
 SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
-BREAKER_FAILURES = 3  # consecutive connection errors / timeouts / 5xx that open the breaker
-BREAKER_COOLDOWN = 15.0  # seconds an open breaker keeps the endpoint out before one probe
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointSpec:
-    """One endpoint as the run uses it (the key already read from the environment)."""
-
-    name: str | None  # None: the one endpoint built from --base-url / --api-key
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    api_key_header: str | None = None  # None: Authorization: Bearer KEY
-    models: frozenset[str] | None = None  # None: every model
-    deployments: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    query: Mapping[str, str] = field(default_factory=dict)
-    rpm: float | None = None
-    tpm: float | None = None
-    concurrency: int | None = None  # None: the run's --concurrency
-    weight: float = 1.0
-    batch: bool | None = None  # None: not said
-    breaker_failures: int = BREAKER_FAILURES
-    breaker_cooldown: float = BREAKER_COOLDOWN
-    api_key_env: str | None = None
-
-    def serves(self, model: str) -> bool:
-        return self.models is None or model in self.models or model in self.deployments
-
-    @property
-    def label(self) -> str:
-        return self.name or "default"
 
 
 class _Entry(BaseModel):

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from ..config import LimitSpec
 from .client import ApiClient, CallError
-from .endpoints import EndpointSpec
 from .limits import Clock, Limits, LimitsSnapshot
 from .shared import SharedPacer
+from .spec import EndpointSpec
 
 HEALTH_ERRORS = frozenset({"connection", "timeout", "server_error"})
 # Commit a request to an endpoint only if it can send within this long: a request queued behind

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from genai_prices import data_snapshot
-from genai_prices import types as gp
+
+from .genai import data_snapshot
+from .genai import types as gp
 
 __all__ = [
     "BATCH_DISCOUNT_FACTOR",
