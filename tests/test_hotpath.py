@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +21,7 @@ import pytest
 from burstcli import redact
 from burstcli.files import reader, schema
 from burstcli.live.limits import Gate, Limits
-from burstcli.models import InvalidLine, Request, now_iso
+from burstcli.models import InvalidLine, Request, Result, now_iso
 from burstcli.money.pricing import ModelPrice, PriceBook
 
 LINES: list[Any] = [
@@ -204,3 +206,45 @@ def test_quick_schema_check_accepts_a_typical_answer() -> None:
 @pytest.mark.parametrize("sch", NOT_FLAT, ids=lambda s: orjson.dumps(s).decode()[:50])
 def test_quick_schema_check_leaves_other_schemas_to_jsonschema(sch: Any) -> None:
     assert schema.quick_check(sch) is None
+
+
+# -- the answer cache: commits from the loop go to a writer thread ----------------------------
+
+
+def _answers(tmp: Path, n: int, hits: int) -> tuple[Path, list[tuple[Any, ...]]]:
+    """n answers stored and `hits` of them looked up again, the way the engine does."""
+    from burstcli.money.cache import AnswerCache
+
+    path = tmp / "answers.db"
+    cache = AnswerCache(path, "http://p/v1")
+    reqs = [
+        Request(i, f"r{i}", "chat", "m", {"messages": [{"content": f"p{i}"}]}) for i in range(n)
+    ]
+    for req in reqs:
+        assert cache.lookup(req) is None
+        cache.store(req, Result(req.id, req.line, "completed", "m", "m", output=f"a{req.line}"))
+    cache.close()
+    cache = AnswerCache(path, "http://p/v1")
+    for req in reqs[:hits]:
+        hit = cache.lookup(req)
+        assert hit is not None and hit.output == f"a{req.line}" and hit.cached
+    cache.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT fingerprint, answer, hits FROM answers ORDER BY 1").fetchall()
+    conn.close()
+    return path, rows
+
+
+def test_cache_writer_thread_stores_what_a_synchronous_commit_stores(tmp_path: Path) -> None:
+    n, hits = 700, 300  # past FLUSH_ROWS twice, and a remainder that close() commits
+    (tmp_path / "sync").mkdir()
+    (tmp_path / "loop").mkdir()
+    _, direct = _answers(tmp_path / "sync", n, hits)  # no loop: every commit in close()
+
+    async def in_loop() -> list[tuple[Any, ...]]:
+        _, rows = _answers(tmp_path / "loop", n, hits)  # batches go to the writer thread
+        return rows
+
+    threaded = asyncio.run(in_loop())
+    assert len(direct) == n and threaded == direct
+    assert sum(r[2] for r in threaded) == hits
