@@ -248,3 +248,63 @@ def test_cache_writer_thread_stores_what_a_synchronous_commit_stores(tmp_path: P
     threaded = asyncio.run(in_loop())
     assert len(direct) == n and threaded == direct
     assert sum(r[2] for r in threaded) == hits
+
+
+# -- the router: a pick without a loop round trip while nothing paces -------------------------
+
+
+def _routers(rpm: float | None) -> list[Any]:
+    from burstcli.config import LimitSpec
+    from burstcli.live.client import ApiClient
+    from burstcli.live.endpoints import EndpointSpec
+    from burstcli.live.router import Breaker, Endpoint, Router, endpoint_limits
+
+    clock = lambda: 1000.0  # noqa: E731
+    routers = []
+    for _ in range(2):
+        eps = []
+        for name, conc, weight in (("a", 3, 1.0), ("b", 2, 2.0), ("c", 4, 1.0)):
+            spec = EndpointSpec(name, "http://127.0.0.1:9/v1", weight=weight)
+            limits = endpoint_limits(LimitSpec(conc, True, rpm, None), clock=clock)
+            limits.gate.set_limit(conc)
+            breaker = Breaker(1, 5.0, clock, enabled=True)
+            eps.append(Endpoint(spec, ApiClient(spec.base_url, None, timeout=1), limits, breaker))
+        routers.append(Router(eps, clock))
+    return routers
+
+
+async def test_router_try_slot_picks_what_slot_picks_while_nothing_paces() -> None:
+    from burstcli.live.client import CallError
+
+    quick, slow = _routers(None)
+    picks = []
+    for step in range(12):
+        if step == 4:  # an open breaker, then a retired endpoint, on both
+            for r in (quick, slow):
+                r.failed(r.endpoints[1], CallError("server_error", "boom", retryable=True))
+        if step == 8:
+            for r in (quick, slow):
+                r.retire(r.endpoints[2], CallError("auth", "bad key"))
+                r.release(r.endpoints[0])
+        got = quick.try_slot()
+        if got is None:
+            # Only when slot() would wait (no room, or room only behind an open breaker).
+            picks.append(None)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(slow.slot(), 0.05)
+            continue
+        want = await slow.slot()
+        assert got.spec.name == want.spec.name, step
+        picks.append(got.spec.name)
+        for a, b in zip(quick.endpoints, slow.endpoints, strict=True):
+            assert (a.limits.gate.active, a.breaker.probing) == (
+                b.limits.gate.active,
+                b.breaker.probing,
+            )
+    assert set(picks) == {"a", "b", "c", None}
+
+
+async def test_router_try_slot_leaves_paced_endpoints_to_slot() -> None:
+    paced, _ = _routers(600)
+    assert paced.try_slot() is None  # slot() must first let earlier requests book
+    assert (await paced.slot()).spec.name == "b"

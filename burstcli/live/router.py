@@ -172,12 +172,28 @@ class Router:
 
     # -- slots --------------------------------------------------------------------------------
     def try_slot(self) -> Endpoint | None:
-        """A free slot on the one endpoint of a plain run, taken without waiting; None when
-        `slot()` must decide (several endpoints, or no room)."""
-        if self.multi:
+        """A free slot taken without waiting: on the one endpoint of a plain run, or, while
+        no endpoint paces (no rate, no shared limiter), where `slot()` would pick now. None
+        when `slot()` must decide (no room, or pacers whose bookings the pick must read)."""
+        if not self.multi:
+            only = self.endpoints[0]
+            return only if only.limits.gate.try_acquire() else None
+        if not self._unpaced() or not any(
+            ep.limits.gate.active < ep.limits.gate.limit for ep in self.endpoints
+        ):
             return None
-        only = self.endpoints[0]
-        return only if only.limits.gate.try_acquire() else None
+        ep = self._pick(None)
+        if ep is None or not ep.limits.gate.try_acquire():
+            return None
+        return ep
+
+    def _unpaced(self) -> bool:
+        """No endpoint books anything when a request is sent, so what the previous requests
+        have not booked yet cannot change a pick (see slot())."""
+        for ep in self.endpoints:
+            if not ep.limits.try_pace(0):
+                return False
+        return True
 
     async def slot(self, model: str | None = None, avoid: Endpoint | None = None) -> Endpoint:
         """A slot on the best endpoint for `model` (any model when None), waiting for room;
@@ -186,8 +202,10 @@ class Router:
             only = self.endpoints[0]
             await only.limits.slot()
             return only
-        # Let the requests placed just before book their pacers first: the choice reads them.
-        await asyncio.sleep(0)
+        # Let the requests placed just before book their pacers first: the choice reads them
+        # (pointless while nothing paces: then the pick is taken at once, in try_slot()).
+        if not self._unpaced():
+            await asyncio.sleep(0)
         while True:
             ep = self._pick(model, avoid)
             if ep is not None:
