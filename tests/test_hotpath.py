@@ -308,3 +308,55 @@ async def test_router_try_slot_leaves_paced_endpoints_to_slot() -> None:
     paced, _ = _routers(600)
     assert paced.try_slot() is None  # slot() must first let earlier requests book
     assert (await paced.slot()).spec.name == "b"
+
+
+# -- templates: plain `{{ column }}` prompts filled without Jinja ------------------------------
+
+PLAIN_TEMPLATES = [
+    "Review: {{ text }}",
+    "{{text}}",
+    "{{ a }}{{ b }} - {{a}}\n",
+    "Classify:\n\n{{ text }}\n\nAnswer with one word.",
+    "no placeholders at all",
+    "{{ range }}",  # a Jinja global when no column has the name: Jinja must render it
+    "{{ row }}",
+]
+OTHER_TEMPLATES = [  # each must be left to Jinja
+    "{{ text|upper }}",
+    "{{ text.x }}",
+    "{% if a %}{{ a }}{% endif %}",
+    "{# note #}{{ a }}",
+    "{{ none }}",
+    "{{ True }}",
+    "{{\ta }}",
+    "a}}b {{ a }}",
+    "{{ a }}\r\n",
+]
+CONTEXTS: list[dict[str, Any]] = [
+    {"text": "great", "a": "x", "b": ""},
+    {"text": "", "a": "  padded  ", "b": "{{ not a template }}"},
+    {"text": 3, "a": None, "b": 1.5},
+    {"text": "only text"},
+    {},
+]
+
+
+@pytest.mark.parametrize("source", PLAIN_TEMPLATES + OTHER_TEMPLATES)
+def test_plain_template_fill_matches_jinja(source: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from burstcli.files import template
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    jinja = env.from_string(source)
+    parts = template.plain_parts(source)
+    assert (parts is not None) == (source in PLAIN_TEMPLATES)
+    for row in CONTEXTS:
+        context = {**row, "row": row}
+        got = template.fill(parts, context) if parts is not None else None
+        if got is not None:
+            assert got.strip() == jinja.render(context).strip()
+        elif parts is not None:
+            # Left to Jinja only where a placeholder is not a string column.
+            assert any(type(context.get(n)) is not str for n in parts[1::2])
