@@ -212,8 +212,12 @@ class Router:
                 await ep.limits.slot()  # it has room: this does not wait
                 return ep
             self._room.clear()
+            wake = self._next_wake()
+            if wake is None:  # only an answer or a release can make room: no timer needed
+                await self._room.wait()
+                continue
             try:
-                async with asyncio.timeout(self._next_wake()):
+                async with asyncio.timeout(wake):
                     await self._room.wait()
             except TimeoutError:
                 pass
