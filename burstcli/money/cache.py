@@ -9,8 +9,9 @@ lock (busy timeout) and the first answer stored for a fingerprint wins.
 
 Answers are kept per provider (the base URL without credentials, or "simulate"): a rehearsal
 with --simulate or a local vLLM never answers for the real API. Writes are batched: a hit or a
-new answer is committed within a fraction of a second, or at close; one lost to a kill -9 is
-merely not cached (OUTPUT, not the cache, is the record of what is done).
+new answer is committed within a fraction of a second (by a writer thread with its own
+connection, off the event loop), or at close; one lost to a kill -9 is merely not cached
+(OUTPUT, not the cache, is the record of what is done).
 May import: files, models, errors.
 """
 
@@ -220,17 +221,25 @@ class AnswerCache:
             _commit(self._conn, new, hit)
             return
         if self._writer is None:
-            self._writer_conn = connect(self.path, any_thread=True)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="burstq-cache")
-        assert self._writer_conn is not None
-        self._writer.submit(_commit, self._writer_conn, new, hit)
+        self._writer.submit(self._write, new, hit)
+
+    def _write(self, new: list[tuple[Any, ...]], hit: list[tuple[float, str, str]]) -> None:
+        # In the writer thread: its connection is opened there too (opening writes the schema
+        # row, which may wait for another process's lock).
+        if self._writer_conn is None:
+            try:
+                self._writer_conn = connect(self.path, any_thread=True)
+            except (UsageError, sqlite3.Error):
+                return  # like a failed commit: cache entries lost, never records
+        _commit(self._writer_conn, new, hit)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.shutdown(wait=True)  # the batches handed over are committed first
-            assert self._writer_conn is not None
-            self._writer_conn.close()
-            self._writer = self._writer_conn = None
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+            self._writer, self._writer_conn = None, None
         self.flush()
         self._conn.close()
 
