@@ -253,7 +253,7 @@ def test_cache_writer_thread_stores_what_a_synchronous_commit_stores(tmp_path: P
 # -- the router: a pick without a loop round trip while nothing paces -------------------------
 
 
-def _routers(rpm: float | None) -> list[Any]:
+def _routers(rpm: float | None, second: Any = None) -> list[Any]:
     from burstcli.config import LimitSpec
     from burstcli.live.client import ApiClient
     from burstcli.live.endpoints import EndpointSpec
@@ -261,7 +261,7 @@ def _routers(rpm: float | None) -> list[Any]:
 
     clock = lambda: 1000.0  # noqa: E731
     routers = []
-    for _ in range(2):
+    for cls in (Router, second or Router):
         eps = []
         for name, conc, weight in (("a", 3, 1.0), ("b", 2, 2.0), ("c", 4, 1.0)):
             spec = EndpointSpec(name, "http://127.0.0.1:9/v1", weight=weight)
@@ -269,14 +269,20 @@ def _routers(rpm: float | None) -> list[Any]:
             limits.gate.set_limit(conc)
             breaker = Breaker(1, 5.0, clock, enabled=True)
             eps.append(Endpoint(spec, ApiClient(spec.base_url, None, timeout=1), limits, breaker))
-        routers.append(Router(eps, clock))
+        routers.append(cls(eps, clock))
     return routers
 
 
-async def test_router_try_slot_picks_what_slot_picks_while_nothing_paces() -> None:
+async def test_router_picks_the_same_without_the_round_trip_while_nothing_paces() -> None:
     from burstcli.live.client import CallError
+    from burstcli.live.router import Router
 
-    quick, slow = _routers(None)
+    class LongWay(Router):
+        def _unpaced(self) -> bool:
+            return False  # the long way: a sleep(0) before every pick
+
+    quick, slow = _routers(None, LongWay)
+    assert quick._unpaced()
     picks = []
     for step in range(12):
         if step == 4:  # an open breaker, then a retired endpoint, on both
@@ -286,16 +292,14 @@ async def test_router_try_slot_picks_what_slot_picks_while_nothing_paces() -> No
             for r in (quick, slow):
                 r.retire(r.endpoints[2], CallError("auth", "bad key"))
                 r.release(r.endpoints[0])
-        got = quick.try_slot()
-        if got is None:
-            # Only when slot() would wait (no room, or room only behind an open breaker).
-            picks.append(None)
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(slow.slot(), 0.05)
-            continue
-        want = await slow.slot()
-        assert got.spec.name == want.spec.name, step
-        picks.append(got.spec.name)
+        got = [None, None]
+        for i, r in enumerate((quick, slow)):
+            try:
+                got[i] = (await asyncio.wait_for(r.slot(), 0.05)).spec.name
+            except TimeoutError:  # no room (or room only behind an open breaker): both wait
+                pass
+        assert got[0] == got[1], step
+        picks.append(got[0])
         for a, b in zip(quick.endpoints, slow.endpoints, strict=True):
             assert (a.limits.gate.active, a.breaker.probing) == (
                 b.limits.gate.active,
@@ -304,59 +308,7 @@ async def test_router_try_slot_picks_what_slot_picks_while_nothing_paces() -> No
     assert set(picks) == {"a", "b", "c", None}
 
 
-async def test_router_try_slot_leaves_paced_endpoints_to_slot() -> None:
+async def test_router_keeps_the_round_trip_for_paced_endpoints() -> None:
     paced, _ = _routers(600)
-    assert paced.try_slot() is None  # slot() must first let earlier requests book
+    assert not paced._unpaced()  # slot() must first let earlier requests book
     assert (await paced.slot()).spec.name == "b"
-
-
-# -- templates: plain `{{ column }}` prompts filled without Jinja ------------------------------
-
-PLAIN_TEMPLATES = [
-    "Review: {{ text }}",
-    "{{text}}",
-    "{{ a }}{{ b }} - {{a}}\n",
-    "Classify:\n\n{{ text }}\n\nAnswer with one word.",
-    "no placeholders at all",
-    "{{ range }}",  # a Jinja global when no column has the name: Jinja must render it
-    "{{ row }}",
-]
-OTHER_TEMPLATES = [  # each must be left to Jinja
-    "{{ text|upper }}",
-    "{{ text.x }}",
-    "{% if a %}{{ a }}{% endif %}",
-    "{# note #}{{ a }}",
-    "{{ none }}",
-    "{{ True }}",
-    "{{\ta }}",
-    "a}}b {{ a }}",
-    "{{ a }}\r\n",
-]
-CONTEXTS: list[dict[str, Any]] = [
-    {"text": "great", "a": "x", "b": ""},
-    {"text": "", "a": "  padded  ", "b": "{{ not a template }}"},
-    {"text": 3, "a": None, "b": 1.5},
-    {"text": "only text"},
-    {},
-]
-
-
-@pytest.mark.parametrize("source", PLAIN_TEMPLATES + OTHER_TEMPLATES)
-def test_plain_template_fill_matches_jinja(source: str) -> None:
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    from burstcli.files import template
-
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    jinja = env.from_string(source)
-    parts = template.plain_parts(source)
-    assert (parts is not None) == (source in PLAIN_TEMPLATES)
-    for row in CONTEXTS:
-        context = {**row, "row": row}
-        got = template.fill(parts, context) if parts is not None else None
-        if got is not None:
-            assert got.strip() == jinja.render(context).strip()
-        elif parts is not None:
-            # Left to Jinja only where a placeholder is not a string column.
-            assert any(type(context.get(n)) is not str for n in parts[1::2])

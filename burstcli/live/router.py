@@ -172,26 +172,22 @@ class Router:
 
     # -- slots --------------------------------------------------------------------------------
     def try_slot(self) -> Endpoint | None:
-        """A free slot taken without waiting: on the one endpoint of a plain run, or, while
-        no endpoint paces (no rate, no shared limiter), where `slot()` would pick now. None
-        when `slot()` must decide (no room, or pacers whose bookings the pick must read)."""
-        if not self.multi:
-            only = self.endpoints[0]
-            return only if only.limits.gate.try_acquire() else None
-        if not self._unpaced() or not any(
-            ep.limits.gate.active < ep.limits.gate.limit for ep in self.endpoints
-        ):
+        """A free slot on the one endpoint of a plain run, taken without waiting; None when
+        `slot()` must decide (several endpoints, or no room)."""
+        if self.multi:
             return None
-        ep = self._pick(None)
-        if ep is None or not ep.limits.gate.try_acquire():
-            return None
-        return ep
+        only = self.endpoints[0]
+        return only if only.limits.gate.try_acquire() else None
 
     def _unpaced(self) -> bool:
-        """No endpoint books anything when a request is sent, so what the previous requests
-        have not booked yet cannot change a pick (see slot())."""
+        """No endpoint books anything when a request is sent (no rate, no shared limiter, no
+        pause), so what the previous requests have not booked yet cannot change a pick."""
+        now = self.clock()
         for ep in self.endpoints:
-            if not ep.limits.try_pace(0):
+            lim = ep.limits
+            if lim.shared is not None or lim.requests.rate or lim.tokens.rate:
+                return False
+            if now < lim.paused_until:
                 return False
         return True
 
@@ -203,7 +199,7 @@ class Router:
             await only.limits.slot()
             return only
         # Let the requests placed just before book their pacers first: the choice reads them
-        # (pointless while nothing paces: then the pick is taken at once, in try_slot()).
+        # (pointless while nothing paces: the loop round trip is then skipped).
         if not self._unpaced():
             await asyncio.sleep(0)
         while True:
