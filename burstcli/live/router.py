@@ -179,18 +179,6 @@ class Router:
         only = self.endpoints[0]
         return only if only.limits.gate.try_acquire() else None
 
-    def _unpaced(self) -> bool:
-        """No endpoint books anything when a request is sent (no rate, no shared limiter, no
-        pause), so what the previous requests have not booked yet cannot change a pick."""
-        now = self.clock()
-        for ep in self.endpoints:
-            lim = ep.limits
-            if lim.shared is not None or lim.requests.rate or lim.tokens.rate:
-                return False
-            if now < lim.paused_until:
-                return False
-        return True
-
     async def slot(self, model: str | None = None, avoid: Endpoint | None = None) -> Endpoint:
         """A slot on the best endpoint for `model` (any model when None), waiting for room;
         `avoid` (where the request just failed) only if nothing else can take it now."""
@@ -198,10 +186,11 @@ class Router:
             only = self.endpoints[0]
             await only.limits.slot()
             return only
-        # Let the requests placed just before book their pacers first: the choice reads them
-        # (pointless while nothing paces: the loop round trip is then skipped).
-        if not self._unpaced():
-            await asyncio.sleep(0)
+        # Let the requests placed just before book their pacers first: the choice reads them.
+        # (Kept even while nothing paces: answers that arrive meanwhile free more slots, so
+        # one wake-up of the dispatcher places several requests; without it callgrind counts
+        # ~7k instructions a request more, one Event wait per request.)
+        await asyncio.sleep(0)
         while True:
             ep = self._pick(model, avoid)
             if ep is not None:
