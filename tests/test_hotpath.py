@@ -250,65 +250,53 @@ def test_cache_writer_thread_stores_what_a_synchronous_commit_stores(tmp_path: P
     assert sum(r[2] for r in threaded) == hits
 
 
-# -- the router: a pick without a loop round trip while nothing paces -------------------------
+# -- templates: plain `{{ column }}` prompts filled without Jinja ------------------------------
+
+PLAIN_TEMPLATES = [
+    "Review: {{ text }}",
+    "{{text}}",
+    "{{ a }}{{ b }} - {{a}}\n",
+    "Classify:\n\n{{ text }}\n\nAnswer with one word.",
+    "no placeholders at all",
+    "{{ range }}",  # a Jinja global when no column has the name: Jinja must render it
+    "{{ row }}",
+]
+OTHER_TEMPLATES = [  # each must be left to Jinja
+    "{{ text|upper }}",
+    "{{ text.x }}",
+    "{% if a %}{{ a }}{% endif %}",
+    "{# note #}{{ a }}",
+    "{{ none }}",
+    "{{ True }}",
+    "{{\ta }}",
+    "a}}b {{ a }}",
+    "{{ a }}\r\n",
+]
+CONTEXTS: list[dict[str, Any]] = [
+    {"text": "great", "a": "x", "b": ""},
+    {"text": "", "a": "  padded  ", "b": "{{ not a template }}"},
+    {"text": 3, "a": None, "b": 1.5},
+    {"text": "only text"},
+    {},
+]
 
 
-def _routers(rpm: float | None, second: Any = None) -> list[Any]:
-    from burstcli.config import LimitSpec
-    from burstcli.live.client import ApiClient
-    from burstcli.live.endpoints import EndpointSpec
-    from burstcli.live.router import Breaker, Endpoint, Router, endpoint_limits
+@pytest.mark.parametrize("source", PLAIN_TEMPLATES + OTHER_TEMPLATES)
+def test_plain_template_fill_matches_jinja(source: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
 
-    clock = lambda: 1000.0  # noqa: E731
-    routers = []
-    for cls in (Router, second or Router):
-        eps = []
-        for name, conc, weight in (("a", 3, 1.0), ("b", 2, 2.0), ("c", 4, 1.0)):
-            spec = EndpointSpec(name, "http://127.0.0.1:9/v1", weight=weight)
-            limits = endpoint_limits(LimitSpec(conc, True, rpm, None), clock=clock)
-            limits.gate.set_limit(conc)
-            breaker = Breaker(1, 5.0, clock, enabled=True)
-            eps.append(Endpoint(spec, ApiClient(spec.base_url, None, timeout=1), limits, breaker))
-        routers.append(cls(eps, clock))
-    return routers
+    from burstcli.files import template
 
-
-async def test_router_picks_the_same_without_the_round_trip_while_nothing_paces() -> None:
-    from burstcli.live.client import CallError
-    from burstcli.live.router import Router
-
-    class LongWay(Router):
-        def _unpaced(self) -> bool:
-            return False  # the long way: a sleep(0) before every pick
-
-    quick, slow = _routers(None, LongWay)
-    assert quick._unpaced()
-    picks = []
-    for step in range(12):
-        if step == 4:  # an open breaker, then a retired endpoint, on both
-            for r in (quick, slow):
-                r.failed(r.endpoints[1], CallError("server_error", "boom", retryable=True))
-        if step == 8:
-            for r in (quick, slow):
-                r.retire(r.endpoints[2], CallError("auth", "bad key"))
-                r.release(r.endpoints[0])
-        got = [None, None]
-        for i, r in enumerate((quick, slow)):
-            try:
-                got[i] = (await asyncio.wait_for(r.slot(), 0.05)).spec.name
-            except TimeoutError:  # no room (or room only behind an open breaker): both wait
-                pass
-        assert got[0] == got[1], step
-        picks.append(got[0])
-        for a, b in zip(quick.endpoints, slow.endpoints, strict=True):
-            assert (a.limits.gate.active, a.breaker.probing) == (
-                b.limits.gate.active,
-                b.breaker.probing,
-            )
-    assert set(picks) == {"a", "b", "c", None}
-
-
-async def test_router_keeps_the_round_trip_for_paced_endpoints() -> None:
-    paced, _ = _routers(600)
-    assert not paced._unpaced()  # slot() must first let earlier requests book
-    assert (await paced.slot()).spec.name == "b"
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    jinja = env.from_string(source)
+    parts = template.plain_parts(source)
+    assert (parts is not None) == (source in PLAIN_TEMPLATES)
+    for row in CONTEXTS:
+        context = {**row, "row": row}
+        got = template.fill(parts, context) if parts is not None else None
+        if got is not None:
+            assert got.strip() == jinja.render(context).strip()
+        elif parts is not None:
+            # Left to Jinja only where a placeholder is not a string column.
+            assert any(type(context.get(n)) is not str for n in parts[1::2])
