@@ -187,9 +187,6 @@ class Router:
             await only.limits.slot()
             return only
         # Let the requests placed just before book their pacers first: the choice reads them.
-        # (Kept even while nothing paces: answers that arrive meanwhile free more slots, so
-        # one wake-up of the dispatcher places several requests; without it callgrind counts
-        # ~7k instructions a request more, one Event wait per request.)
         await asyncio.sleep(0)
         while True:
             ep = self._pick(model, avoid)
@@ -197,12 +194,8 @@ class Router:
                 await ep.limits.slot()  # it has room: this does not wait
                 return ep
             self._room.clear()
-            wake = self._next_wake()
-            if wake is None:  # only an answer or a release can make room: no timer needed
-                await self._room.wait()
-                continue
             try:
-                async with asyncio.timeout(wake):
+                async with asyncio.timeout(self._next_wake()):
                     await self._room.wait()
             except TimeoutError:
                 pass
