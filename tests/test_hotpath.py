@@ -9,16 +9,19 @@ fresh price book, and the slot/pace shortcuts against the waits they skip.
 from __future__ import annotations
 
 import asyncio
+import random
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from burstcli import redact
-from burstcli.files import reader
+from burstcli.files import reader, schema
 from burstcli.live.limits import Gate, Limits
-from burstcli.models import InvalidLine, Request, now_iso
+from burstcli.models import InvalidLine, Request, Result, now_iso
 from burstcli.money.pricing import ModelPrice, PriceBook
 
 LINES: list[Any] = [
@@ -128,3 +131,172 @@ async def test_try_slot_and_try_pace_only_when_nothing_would_wait() -> None:
     paced = Limits(concurrency=4, rpm=600, clock=lambda: now[0], slow_start=False)
     assert not paced.try_pace(10)  # pacing on: pace() books
     await asyncio.wait_for(paced.pace(10), 1)
+
+
+# -- structured answers: the flat-schema check against jsonschema -----------------------------
+
+SCHEMAS: list[Any] = [
+    strict_schema := schema.response_format(
+        schema.parse_dsl("label: one of pos/neg, score float, n? int, ok bool, note?")
+    )["json_schema"]["schema"],
+    schema.parse_dsl("label: one of a/b, score float"),  # not strict: extra keys allowed
+    {"type": "object", "properties": {"x": {}}, "required": []},  # a field of any type
+    {"type": "object", "properties": {"x": {"type": ["integer", "string"]}}},
+    {"type": "object", "properties": {"x": {"enum": ["a", None]}}, "required": ["x"]},
+    {"type": "object", "properties": {"x": {"type": "string", "enum": []}}},
+]
+# Out of its reach: the quick check must step aside (None) and leave them to jsonschema.
+NOT_FLAT: list[Any] = [
+    {"type": "object", "properties": {"x": {"type": "string", "minLength": 2}}},
+    {"type": "object", "properties": {"x": {"type": "object"}}, "additionalProperties": {}},
+    {"type": "object", "properties": {"x": {"enum": [1, 2]}}},
+    {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"},
+    {"type": "array"},
+    {"type": "object", "properties": {"x": {"type": "date"}}},
+    {"type": "object", "properties": {"x": {"anyOf": [{"type": "string"}]}}},
+]
+SCALARS: list[Any] = ["pos", "neg", "a", "", "x", 0, 1, -3, 2**40, 0.5, 1.0, -0.0, True, False]
+SCALARS += [None, [], ["pos"], {}, {"a": 1}]
+
+
+def _values(rng: random.Random, names: list[str]) -> list[Any]:
+    out: list[Any] = [None, [], "pos", 1, {}]
+    for _ in range(500):
+        keys = [n for n in names if rng.random() < 0.85] + (["extra"] if rng.random() < 0.1 else [])
+        out.append({k: rng.choice(SCALARS) for k in keys})
+    return out
+
+
+@pytest.mark.parametrize("sch", SCHEMAS, ids=lambda s: orjson.dumps(s).decode()[:50])
+def test_quick_schema_check_never_accepts_what_jsonschema_refuses(sch: Any) -> None:
+    from jsonschema import validators
+
+    full = validators.validator_for(sch)(sch)
+    quick = schema.quick_check(sch)
+    assert quick is not None
+    rng = random.Random(19)
+    values = _values(rng, [*sch.get("properties", {}), "other"])
+    taken = 0
+    v = schema.Validator(sch)
+    for value in values:
+        if quick(value):
+            taken += 1
+            assert full.is_valid(value), value
+        # And through the Validator (quick first, then jsonschema): jsonschema's verdict.
+        try:
+            v.parse(orjson.dumps(value).decode(), "stop", None)
+            ok = True
+        except schema.OutputProblem:
+            ok = False
+        assert ok == full.is_valid(value), value
+    accepted = sum(1 for value in values if full.is_valid(value))
+    # The shortcut is the common case: it takes nearly every value jsonschema accepts (it
+    # leaves only integral floats for integer fields to jsonschema).
+    assert taken >= 0.8 * accepted
+
+
+def test_quick_schema_check_accepts_a_typical_answer() -> None:
+    quick = schema.quick_check(strict_schema)
+    assert quick is not None
+    assert quick({"label": "pos", "score": 0.5, "n": None, "ok": True, "note": None})
+    assert not quick({"label": "pos", "score": 0.5, "n": None, "ok": 1, "note": None})
+    assert not quick({"label": "maybe", "score": 0.5, "n": 3, "ok": True, "note": "x"})
+
+
+@pytest.mark.parametrize("sch", NOT_FLAT, ids=lambda s: orjson.dumps(s).decode()[:50])
+def test_quick_schema_check_leaves_other_schemas_to_jsonschema(sch: Any) -> None:
+    assert schema.quick_check(sch) is None
+
+
+# -- the answer cache: commits from the loop go to a writer thread ----------------------------
+
+
+def _answers(tmp: Path, n: int, hits: int) -> tuple[Path, list[tuple[Any, ...]]]:
+    """n answers stored and `hits` of them looked up again, the way the engine does."""
+    from burstcli.money.cache import AnswerCache
+
+    path = tmp / "answers.db"
+    cache = AnswerCache(path, "http://p/v1")
+    reqs = [
+        Request(i, f"r{i}", "chat", "m", {"messages": [{"content": f"p{i}"}]}) for i in range(n)
+    ]
+    for req in reqs:
+        assert cache.lookup(req) is None
+        cache.store(req, Result(req.id, req.line, "completed", "m", "m", output=f"a{req.line}"))
+    cache.close()
+    cache = AnswerCache(path, "http://p/v1")
+    for req in reqs[:hits]:
+        hit = cache.lookup(req)
+        assert hit is not None and hit.output == f"a{req.line}" and hit.cached
+    cache.close()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT fingerprint, answer, hits FROM answers ORDER BY 1").fetchall()
+    conn.close()
+    return path, rows
+
+
+def test_cache_writer_thread_stores_what_a_synchronous_commit_stores(tmp_path: Path) -> None:
+    n, hits = 700, 300  # past FLUSH_ROWS twice, and a remainder that close() commits
+    (tmp_path / "sync").mkdir()
+    (tmp_path / "loop").mkdir()
+    _, direct = _answers(tmp_path / "sync", n, hits)  # no loop: every commit in close()
+
+    async def in_loop() -> list[tuple[Any, ...]]:
+        _, rows = _answers(tmp_path / "loop", n, hits)  # batches go to the writer thread
+        return rows
+
+    threaded = asyncio.run(in_loop())
+    assert len(direct) == n and threaded == direct
+    assert sum(r[2] for r in threaded) == hits
+
+
+# -- templates: plain `{{ column }}` prompts filled without Jinja ------------------------------
+
+PLAIN_TEMPLATES = [
+    "Review: {{ text }}",
+    "{{text}}",
+    "{{ a }}{{ b }} - {{a}}\n",
+    "Classify:\n\n{{ text }}\n\nAnswer with one word.",
+    "no placeholders at all",
+    "{{ range }}",  # a Jinja global when no column has the name: Jinja must render it
+    "{{ row }}",
+]
+OTHER_TEMPLATES = [  # each must be left to Jinja
+    "{{ text|upper }}",
+    "{{ text.x }}",
+    "{% if a %}{{ a }}{% endif %}",
+    "{# note #}{{ a }}",
+    "{{ none }}",
+    "{{ True }}",
+    "{{\ta }}",
+    "a}}b {{ a }}",
+    "{{ a }}\r\n",
+]
+CONTEXTS: list[dict[str, Any]] = [
+    {"text": "great", "a": "x", "b": ""},
+    {"text": "", "a": "  padded  ", "b": "{{ not a template }}"},
+    {"text": 3, "a": None, "b": 1.5},
+    {"text": "only text"},
+    {},
+]
+
+
+@pytest.mark.parametrize("source", PLAIN_TEMPLATES + OTHER_TEMPLATES)
+def test_plain_template_fill_matches_jinja(source: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from burstcli.files import template
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    jinja = env.from_string(source)
+    parts = template.plain_parts(source)
+    assert (parts is not None) == (source in PLAIN_TEMPLATES)
+    for row in CONTEXTS:
+        context = {**row, "row": row}
+        got = template.fill(parts, context) if parts is not None else None
+        if got is not None:
+            assert got.strip() == jinja.render(context).strip()
+        elif parts is not None:
+            # Left to Jinja only where a placeholder is not a string column.
+            assert any(type(context.get(n)) is not str for n in parts[1::2])

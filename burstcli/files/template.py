@@ -38,6 +38,10 @@ _EXTENSIONS = {
 }
 _UNDEFINED_RE = re.compile(r"'([^']+)' is undefined")
 _NO_ATTR_RE = re.compile(r"has no attribute '([^']+)'")
+# A template of plain text and bare `{{ column }}` placeholders (most labeling prompts) is
+# filled without Jinja; anything else in it ({%, {#, filters, attributes, \r) goes to Jinja.
+_PLAIN_RE = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+_JINJA_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
 
 
 def detect_format(input: str, given: str | None) -> str:
@@ -155,6 +159,32 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
+def plain_parts(source: str) -> list[str] | None:
+    """A template as [text, name, text, name, ..., text] when it is only text and bare
+    `{{ name }}` placeholders, else None (Jinja renders it)."""
+    parts = _PLAIN_RE.split(source)
+    for i, part in enumerate(parts):
+        if i % 2:
+            if part in _JINJA_LITERALS:
+                return None
+        elif "{" in part or "}" in part or "\r" in part:
+            return None
+    return parts
+
+
+def fill(parts: list[str], context: dict[str, Any]) -> str | None:
+    """What Jinja renders for a plain template when every placeholder names a string in
+    `context`; None otherwise (a missing column, a number: Jinja decides, with its errors)."""
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        value = context.get(parts[i])
+        if type(value) is not str:
+            return None
+        out.append(value)
+        out.append(parts[i + 1])
+    return "".join(out)
+
+
 class Renderer:
     """Turns one data row into one chat Request (or the InvalidLine saying why not)."""
 
@@ -173,6 +203,8 @@ class Renderer:
         except TemplateSyntaxError as exc:
             which = "system" if task.system and exc.source == task.system else "prompt"
             raise UsageError(f"{which} template, line {exc.lineno}: {exc.message}") from exc
+        self._plain_prompt = plain_parts(task.prompt)
+        self._plain_system = plain_parts(task.system) if task.system else None
         self.task = task
         self.model = default_model  # the caller resolved --model against the file's model
         self.id_column = task.id_column
@@ -189,8 +221,16 @@ class Renderer:
             return InvalidLine(line, None, rid.message)
         context = {**row, "row": row}
         try:
-            text = self._prompt.render(context).strip()
-            system = self._system.render(context).strip() if self._system else None
+            plain = self._plain_prompt
+            text = (plain is not None and fill(plain, context)) or self._prompt.render(context)
+            text = text.strip()
+            system = None
+            if self._system is not None:
+                plain = self._plain_system
+                system = (plain is not None and fill(plain, context)) or self._system.render(
+                    context
+                )
+                system = system.strip()
         except Exception as exc:  # a template error is this row's failure, whatever it is
             return InvalidLine(line, rid, f"row {rownum}: {self._explain(exc, row)}")
         if not text:

@@ -9,8 +9,9 @@ lock (busy timeout) and the first answer stored for a fingerprint wins.
 
 Answers are kept per provider (the base URL without credentials, or "simulate"): a rehearsal
 with --simulate or a local vLLM never answers for the real API. Writes are batched: a hit or a
-new answer is committed within a fraction of a second, or at close; one lost to a kill -9 is
-merely not cached (OUTPUT, not the cache, is the record of what is done).
+new answer is committed within a fraction of a second (by a writer thread with its own
+connection, off the event loop), or at close; one lost to a kill -9 is merely not cached
+(OUTPUT, not the cache, is the record of what is done).
 May import: files, models, errors.
 """
 
@@ -21,6 +22,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,13 @@ def provider_key(base_url: str | None, simulated: bool) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool = True, any_thread: bool = False) -> sqlite3.Connection:
     if not create and not path.is_file():
         raise UsageError(f"no cache at {path}")
     try:
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=not any_thread
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit is atomic and never corrupts the file; only the last few
         # commits may be lost to a power cut, which costs nothing but a re-sent request.
@@ -116,6 +120,12 @@ class AnswerCache:
         self._new: list[tuple[Any, ...]] = []
         self._hit: list[tuple[float, str, str]] = []
         self._timer: asyncio.TimerHandle | None = None
+        # Commits from the event loop go to one writer thread with its own connection: an
+        # insert costs ~20 us of B-tree and WAL work, which SQLite does without the GIL, and
+        # a lock held by another process then waits there, not in the loop. One thread, so
+        # batches commit in order; close() waits for them.
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_conn: sqlite3.Connection | None = None
 
     def lookup(self, req: Request) -> Result | None:
         if self.deterministic_only and not fpr.deterministic(req):
@@ -190,15 +200,16 @@ class AnswerCache:
 
     def _schedule(self) -> None:
         if len(self._new) + len(self._hit) >= FLUSH_ROWS:
-            self.flush()
+            self.flush(background=True)
         elif self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return  # outside a loop (tests): close() commits
-            self._timer = loop.call_later(FLUSH_AFTER, self.flush)
+            self._timer = loop.call_later(FLUSH_AFTER, self.flush, True)
 
-    def flush(self) -> None:
+    def flush(self, background: bool = False) -> None:
+        """Commit what waits: in the writer thread when `background`, else here and now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -206,28 +217,53 @@ class AnswerCache:
             return
         new, hit = self._new, self._hit
         self._new, self._hit = [], []
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO answers (provider, fingerprint, endpoint, model, answer, cost_usd,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                new,
-            )
-            conn.executemany(
-                "UPDATE answers SET hits = hits + 1, last_hit_at = ? "
-                "WHERE provider = ? AND fingerprint = ?",
-                hit,
-            )
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            # A full disk or a lock held too long costs cache entries, never records.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        if not background:
+            _commit(self._conn, new, hit)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="burstq-cache")
+        self._writer.submit(self._write, new, hit)
+
+    def _write(self, new: list[tuple[Any, ...]], hit: list[tuple[float, str, str]]) -> None:
+        # In the writer thread: its connection is opened there too (opening writes the schema
+        # row, which may wait for another process's lock).
+        if self._writer_conn is None:
+            try:
+                self._writer_conn = connect(self.path, any_thread=True)
+            except (UsageError, sqlite3.Error):
+                return  # like a failed commit: cache entries lost, never records
+        _commit(self._writer_conn, new, hit)
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # the batches handed over are committed first
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+            self._writer, self._writer_conn = None, None
         self.flush()
         self._conn.close()
+
+
+def _commit(
+    conn: sqlite3.Connection, new: list[tuple[Any, ...]], hit: list[tuple[float, str, str]]
+) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO answers (provider, fingerprint, endpoint, model, answer, cost_usd,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            new,
+        )
+        conn.executemany(
+            "UPDATE answers SET hits = hits + 1, last_hit_at = ? "
+            "WHERE provider = ? AND fingerprint = ?",
+            hit,
+        )
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        # A full disk or a lock held too long costs cache entries, never records.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 # -- `burstq cache stats|prune` ---------------------------------------------------------------
