@@ -540,12 +540,23 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
 
     reporter = Reporter(tally, snapshot, mode=_reporter_mode(cfg))
     runs: list[BatchRun] = []
+    early: list[int] = []  # a signal that came before the run existed (hashing, resume)
+
+    def on_signal(signum: int) -> None:
+        if runs:
+            runs[0].request_stop(signum)
+        else:
+            early.append(signum)
 
     def ready(run: BatchRun) -> None:
         runs.append(run)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, run.request_stop, int(sig))
+        if early:
+            run.request_stop(early[0])
 
+    # Wired before anything slow: a Ctrl-C while INPUT is hashed must not fall to asyncio's
+    # default handler, which cancels the task but then waits for a scan thread to finish.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, int(sig))
     reporter.start()
     try:
         outcome = await run_batch(cfg, tally=tally, warn=warn, on_ready=ready)

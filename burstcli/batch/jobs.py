@@ -8,6 +8,7 @@ import asyncio
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,15 +215,23 @@ async def _run(
             on_ready(run)  # Ctrl-C is the run's from here: the scan below checks for it
         src = FileSource(in_path, job.model, run.parser)
         invalid: list[InvalidLine] = []
+        cancelled = threading.Event()  # the task was cancelled: the thread must not go on
+
+        def should_stop() -> bool:
+            return run.stopping or cancelled.is_set()
+
         try:
             # In a thread, so a signal is handled while millions of lines are read; nothing
             # else touches the run's state until supervise() starts.
-            await asyncio.to_thread(src.scan, resume.done, invalid.append, lambda: run.stopping)
+            await asyncio.to_thread(src.scan, resume.done, invalid.append, should_stop)
             tally.total = src.total
             run.record_invalid(invalid)
-            await asyncio.to_thread(run.plan_new, src, lambda: run.stopping)
+            await asyncio.to_thread(run.plan_new, src, should_stop)
         except ScanStopped:
             return RunOutcome("interrupted", tally, run.signal)
+        except asyncio.CancelledError:
+            cancelled.set()  # else the loop's shutdown waits for the whole scan
+            raise
         finally:
             src.close()  # shard files are written from the path, once, below
         fresh = [s for s in state.shards if s.state == "new"]
