@@ -388,7 +388,8 @@ async def _live(
         for pacer in shared:
             await pacer.aclose()
         if redis_client is not None:
-            await redis_client.aclose()
+            # Bounded like SharedPacer.aclose: the end of a run never hangs on Redis.
+            await asyncio.wait({asyncio.ensure_future(redis_client.aclose())}, timeout=5.0)
         if out_path is not None:  # attempts of requests cut off in flight (a Ctrl-C)
             add_unrecorded(out_path, tally.attempts - tally.recorded_attempts)
     if outcome.reason == "done":

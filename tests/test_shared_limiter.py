@@ -370,3 +370,39 @@ def _args(srv: Any, inp: Path, out: Path) -> list[str]:
     from .conftest import run_args
 
     return run_args(srv, inp, out)
+
+
+async def test_close_is_bounded_when_the_client_swallows_the_cancellation() -> None:
+    """A Redis client that turns the cancellation of a call in flight into an error of its
+    own (as a connection error) must not keep the pacer's task alive: the run's end waits at
+    most one call's timeout, and the task ends."""
+    from redis import exceptions as rx
+
+    started = asyncio.Event()
+
+    class Swallowing:
+        def register_script(self, _source: str) -> Any:
+            async def script(*, keys: list[str], args: list[Any]) -> list[Any]:
+                started.set()
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    raise rx.ConnectionError("connection closed while reading") from None
+                return []
+
+            return script
+
+    loop = asyncio.get_running_loop()
+    pacer = SharedPacer(Swallowing(), "kswallow", rpm=600, tpm=None, clock=loop.time)
+    booking = asyncio.ensure_future(pacer.reserve(1))
+    await asyncio.wait_for(started.wait(), 5)
+    task = pacer._task
+    assert task is not None
+    t0 = loop.time()
+    closing = asyncio.ensure_future(pacer.aclose())
+    await asyncio.wait({closing}, timeout=10)  # not wait_for: its cancel could hang as well
+    assert closing.done(), "aclose() hung on a task that swallowed its cancellation"
+    assert loop.time() - t0 < 1.0
+    await asyncio.sleep(0)
+    assert task.done()
+    assert booking.cancelled() or booking.done()

@@ -23,7 +23,6 @@ and a salted hash of the key. May import: errors, redact (and redis-py, lazily).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import os
@@ -270,6 +269,7 @@ class SharedPacer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failed: LimiterUnavailable | None = None
+        self._closed = False
         # Feedback gathered since the last call.
         self._debt = 0
         self._successes = 0
@@ -326,11 +326,17 @@ class SharedPacer:
         return "shared"
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._wake.set()
+            # Bounded: a client library that turns the cancellation of a call in flight into
+            # an error of its own would leave the task looping; `_closed` ends it at its next
+            # turn, and a run's end never waits on Redis longer than one call may take.
+            await asyncio.wait({task}, timeout=CALL_TIMEOUT)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: nothing to report at the end of a run
         for b in self._queue:
             if not b.future.done():
                 b.future.cancel()
@@ -339,6 +345,8 @@ class SharedPacer:
     # -- the one call in flight -------------------------------------------------------------
     def _kick(self) -> None:
         self._wake.set()
+        if self._closed:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -349,7 +357,7 @@ class SharedPacer:
 
     async def _loop(self) -> None:
         delay = RETRY_FIRST
-        while True:
+        while not self._closed:
             if not self._queue and not self._has_feedback():
                 self._wake.clear()
                 await self._wake.wait()
@@ -380,6 +388,10 @@ class SharedPacer:
                 async with asyncio.timeout(CALL_TIMEOUT):
                     reply = await self._script(keys=self._keys, args=args)
             except Exception as exc:
+                if self._closed:  # closing: whoever still waits for a booking gets none
+                    for b in batch:
+                        b.future.cancel()
+                    return
                 if not _is_outage(exc):
                     self._fail(LimiterUnavailable(f"limiter {self.url}: {redact(str(exc))}"), batch)
                     return
