@@ -388,7 +388,6 @@ async def _live(
         for pacer in shared:
             await pacer.aclose()
         if redis_client is not None:
-            # Bounded like SharedPacer.aclose: the end of a run never hangs on Redis.
             await asyncio.wait({asyncio.ensure_future(redis_client.aclose())}, timeout=5.0)
         if out_path is not None:  # attempts of requests cut off in flight (a Ctrl-C)
             add_unrecorded(out_path, tally.attempts - tally.recorded_attempts)
@@ -527,35 +526,24 @@ async def _execute_batch(cfg: RunConfig, warn: Callable[[str], None], started: f
     tally = Tally()
     loop = asyncio.get_running_loop()
 
-    def snapshot() -> LimitsSnapshot:
-        return LimitsSnapshot(
-            concurrency=0,
-            in_flight=tally.in_flight,
-            rpm=None,
-            tpm=None,
-            rpm_ceiling=None,
-            tpm_ceiling=None,
-            rate_limited=0,
-            paused_for=0.0,
-        )
+    def snapshot() -> LimitsSnapshot:  # no pacing in batch mode: only what is in flight
+        return LimitsSnapshot(0, tally.in_flight, None, None, None, None, 0, 0.0)
 
     reporter = Reporter(tally, snapshot, mode=_reporter_mode(cfg))
     runs: list[BatchRun] = []
-    early: list[int] = []  # a signal that came before the run existed (hashing, resume)
+    early: list[int] = []  # signals so far, the first before the run may exist (hashing)
 
     def on_signal(signum: int) -> None:
+        early.append(signum)
         if runs:
             runs[0].request_stop(signum)
-        else:
-            early.append(signum)
 
     def ready(run: BatchRun) -> None:
         runs.append(run)
         if early:
             run.request_stop(early[0])
 
-    # Wired before anything slow: a Ctrl-C while INPUT is hashed must not fall to asyncio's
-    # default handler, which cancels the task but then waits for a scan thread to finish.
+    # Wired first: asyncio's own Ctrl-C handler would wait for a scan thread to finish.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, int(sig))
     reporter.start()
