@@ -23,24 +23,24 @@ from typing import Any
 
 import orjson
 
-_CHAT = orjson.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": "gpt-4o-mini",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "echo: ok", "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
-        "system_fingerprint": "fp_bench",
-    }
-)
+# The canned chat answer (bench/ownwork.py stubs HTTP with the same one).
+CHAT_ANSWER: dict[str, Any] = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1_700_000_000,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "echo: ok", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+    "system_fingerprint": "fp_bench",
+}
+_CHAT = orjson.dumps(CHAT_ANSWER)
 
 
 def _response(body: bytes, status: str = "200 OK") -> bytes:

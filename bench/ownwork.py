@@ -24,24 +24,10 @@ import orjson
 import uvloop
 from multidict import CIMultiDict, CIMultiDictProxy
 
-DATA = {
-    "id": "chatcmpl-bench",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "gpt-4o-mini",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "echo: ok", "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
-    "system_fingerprint": "fp",
-}
+from .fastserver import CHAT_ANSWER
+
 HEAD = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
-RAW = orjson.dumps(DATA)
+RAW = orjson.dumps(CHAT_ANSWER)
 
 
 class Stub:
@@ -59,12 +45,12 @@ class Stub:
 
 
 async def measure(inp: Path, n: int) -> tuple[float, float]:
-    from burstcli import run as runmod
     from burstcli.config import LimitSpec
     from burstcli.files.journal import Journal
     from burstcli.files.reader import FileSource, LineParser
     from burstcli.live.endpoints import EndpointSpec
     from burstcli.live.engine import Engine, EngineConfig
+    from burstcli.live.feed import chain
     from burstcli.live.router import Breaker, Endpoint, Router, endpoint_limits
     from burstcli.models import Tally
     from burstcli.money.pricing import PriceBook
@@ -88,7 +74,7 @@ async def measure(inp: Path, n: int) -> tuple[float, float]:
     t0 = time.process_time()
     src.scan(None, lambda x: None, lambda: False)
     t1 = time.process_time()
-    items = runmod._chain([], src.requests())
+    items = chain([], src.requests())
     await eng.run(items)
     t2 = time.process_time()
     journal.close()
