@@ -30,6 +30,7 @@ from .live.client import ApiClient
 from .live.engine import Engine, EngineConfig
 from .live.feed import chain, prioritized, with_defaults
 from .live.router import Breaker, Endpoint, EndpointState, Router, endpoint_limits
+from .live.shared import close_client
 from .live.spec import EndpointSpec
 from .models import InvalidLine, Request, Result, RunOutcome, Tally
 from .money.budget import Budget, worst_case
@@ -387,8 +388,7 @@ async def _live(
             cache.close()
         for pacer in shared:
             await pacer.aclose()
-        if redis_client is not None:
-            await asyncio.wait({asyncio.ensure_future(redis_client.aclose())}, timeout=5.0)
+        await close_client(redis_client)
         if out_path is not None:  # attempts of requests cut off in flight (a Ctrl-C)
             add_unrecorded(out_path, tally.attempts - tally.recorded_attempts)
     if outcome.reason == "done":

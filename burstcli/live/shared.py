@@ -461,6 +461,13 @@ class SharedPacer:
         self._queue = []
 
 
+async def close_client(client: Any) -> None:
+    """Close a Redis client made by connect() (None: nothing to close), waiting at most one
+    call's timeout: the end of a run never hangs on Redis."""
+    if client is not None:
+        await asyncio.wait({asyncio.ensure_future(client.aclose())}, timeout=CALL_TIMEOUT)
+
+
 async def read_status(client: Any, prefix: str = KEY_PREFIX) -> list[dict[str, Any]]:
     """Every limit key in Redis: ceilings, current pace, use, pause, 429s, active processes."""
     t = await client.time()
